@@ -1,0 +1,1 @@
+"""Engine adapters. Each lives in its own module and imports its engine only inside a worker."""

@@ -1,0 +1,73 @@
+"""The backend protocol: the small surface every engine adapter implements.
+
+Adapters only stamp monotonic timestamps (perf_counter_ns) into samples; rates and statistics
+are derived by the harness. Standard library only: this module is imported by workers that may
+run under another interpreter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+class EngineMissing(Exception):
+    """The engine package is not importable in the worker's interpreter."""
+
+
+class ModelLoadError(Exception):
+    """The engine refused the model (corrupt, unsupported architecture, out of memory)."""
+
+
+@dataclass
+class PhaseSample:
+    """One timed phase of one trial: tokens processed and how long it took.
+
+    token_ns holds, for decode, the end time of each token relative to the phase start, as
+    measured (no interpolation).
+    """
+
+    phase: str
+    n_tokens: int
+    duration_ns: int
+    token_ns: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backend:
+    """One engine adapter. Lifecycle in a worker: probe → __init__ → load → warmup → trials → close."""
+
+    name: ClassVar[str]
+    install_hint: ClassVar[str]
+    #: Defaults of the parameters this backend accepts (names from harness.params.PARAMS).
+    defaults: ClassVar[dict[str, Any]]
+
+    @classmethod
+    def probe(cls) -> dict[str, Any]:
+        """Engine version and build info. Raises EngineMissing when the engine is absent."""
+        raise NotImplementedError
+
+    def __init__(self, model_path: str, params: dict[str, Any], seed: int) -> None:
+        self.model_path = model_path
+        self.params = params
+        self.seed = seed
+
+    def load(self, n_ctx: int) -> dict[str, Any]:
+        """Load the model and a context of n_ctx tokens; return the model's description."""
+        raise NotImplementedError
+
+    def warmup(self, n_prompt: int, n_gen: int) -> None:
+        raise NotImplementedError
+
+    def run_trial(self, n_prompt: int, n_gen: int, n_depth: int) -> list[PhaseSample]:
+        """Clear state, fill n_depth untimed, then time the prefill and decode phases."""
+        raise NotImplementedError
+
+    def memory(self) -> dict[str, Any]:
+        """Engine-side memory figures (e.g. KV-cache bytes), beyond the worker's peak RSS."""
+        return {}
+
+    def close(self) -> None:
+        pass

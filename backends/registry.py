@@ -1,0 +1,53 @@
+"""Find backends by name: built-ins, the `tokbench.backends` entry-point group, or module:Class.
+
+Resolving a name imports the adapter module, never its engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from backends.base import Backend
+from harness.errors import TokbenchError
+
+BUILTIN = {"llama.cpp": "backends.llama_cpp:LlamaCppBackend"}
+ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": "llama.cpp"}
+
+
+def available() -> dict[str, str]:
+    """Backend name → "module:Class" for every backend known in this environment."""
+    found = dict(BUILTIN)
+    for ep in entry_points(group="tokbench.backends"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def spec_for(name: str) -> str:
+    """The import spec of a backend name; raise a one-line error listing the known names."""
+    name = ALIASES.get(name, name)
+    known = available()
+    if name in known:
+        return known[name]
+    if ":" in name:
+        return name
+    raise TokbenchError(
+        f"unknown backend {name!r}: choose one of {', '.join(sorted(known))} "
+        "(or give module:Class of a third-party adapter)"
+    )
+
+
+def canonical(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def load_class(spec: str) -> type[Backend]:
+    """Import the adapter class named by `spec` (module:Class)."""
+    module_name, _, class_name = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise TokbenchError(f"backend adapter {spec!r} cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TokbenchError(f"backend adapter {spec!r} is not a backends.base.Backend subclass")
+    return cls

@@ -1,0 +1,292 @@
+"""`tokbench` command line: parses arguments and calls plain functions (tests call main(argv)).
+
+Exit codes: 0 success; 1 the run finished but some cases failed; 2 bad input or an unusable
+environment (nothing was run); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness import hardware
+from harness.errors import TokbenchError
+from harness.models import DEFAULT_MODEL
+from harness.params import PARAMS, parse_list
+from harness.runner import Hooks, Runner, Workers
+from harness.suite import DEFAULT_REPETITIONS, DEFAULT_TIMEOUT_S, Suite, expand, load_suite
+from harness.workloads import parse_workload
+
+EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _ProgressHooks(Hooks):
+    """A rich progress bar: case i/N, the case, elapsed time, trials done."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]case"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+            transient=False,
+        )
+        self.task: Any = None
+
+    def run_started(self, run_id: str, n_cases: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(f"run {run_id}", total=n_cases)
+
+    def case_started(self, index: int, case: Any) -> None:
+        self.progress.update(self.task, description=case.label())
+
+    def trial_done(self, index: int, trial: int) -> None:
+        desc = self.progress.tasks[0].description.split(" · ")[0]
+        self.progress.update(self.task, description=f"{desc} · trial {trial + 1}")
+
+    def case_done(self, index: int, status: str, error: str | None) -> None:
+        self.progress.advance(self.task)
+        if status != "ok":
+            self.progress.console.print(f"[red]case {index + 1} failed:[/red] {error}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _store(args: argparse.Namespace, create: bool = True) -> Any:
+    from results.store import Store
+
+    return Store(args.store, create=create)
+
+
+# -- run --------------------------------------------------------------------------------------
+def _suite_from_args(args: argparse.Namespace) -> Suite:
+    if args.suite:
+        suite = load_suite(args.suite)
+        if args.repetitions is not None:
+            suite.repetitions = args.repetitions
+        if args.timeout is not None:
+            suite.timeout_s = args.timeout
+        return suite
+    models = [m for m in (args.model or DEFAULT_MODEL).split(",") if m]
+    workloads = [parse_workload(w) for w in args.workloads.split(",") if w.strip()]
+    params = {name: parse_list(PARAMS[name], getattr(args, name), f"--{name.replace('_', '-')}")
+              for name in PARAMS if getattr(args, name) is not None}
+    cases = expand(args.backend.split(","), models, workloads, params, "command line")
+    python = {}
+    if args.python:
+        python = {b: args.python for b in {c.backend for c in cases}}
+    return Suite(cases, args.repetitions or DEFAULT_REPETITIONS,
+                 args.timeout or DEFAULT_TIMEOUT_S, not args.no_warmup, args.seed, python)
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from reports.tables import summary_table, to_rich
+    from results.export import write_json
+    from results.frames import cases_frame
+
+    if args.repetitions is not None and args.repetitions < 1:
+        raise TokbenchError(f"-r/--repetitions must be ≥ 1 (got {args.repetitions})")
+    if args.timeout is not None and args.timeout <= 0:
+        raise TokbenchError(f"--timeout must be > 0 seconds (got {args.timeout})")
+    suite = _suite_from_args(args)
+    store = _store(args)
+    hooks = _ProgressHooks(console)
+    runner = Runner(store, suite, hooks, measure_bandwidth=not args.no_bandwidth)
+    command = "tokbench " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        outcome = runner.run(command)
+    except KeyboardInterrupt:
+        hooks.stop()
+        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+        return EXIT_INTERRUPTED
+    finally:
+        hooks.stop()
+    table = summary_table(cases_frame(store, outcome.run_id))
+    console.print(to_rich(table, title=f"run {outcome.run_id}"))
+    console.print(f"stored in {store.path}")
+    if args.output:
+        Path(args.output).write_text(write_json(store, outcome.run_id))
+        console.print(f"wrote {args.output}")
+    if outcome.failed:
+        console.print(f"[red]{len(outcome.failed)} of {len(suite.cases)} cases failed:[/red]")
+        for index, label, error in outcome.failed:
+            console.print(f"  case {index + 1} ({label}): {error}")
+        return EXIT_FAILED_CASES
+    return EXIT_OK
+
+
+# -- profile ------------------------------------------------------------------------------------
+def cmd_profile(args: argparse.Namespace, console: Console) -> int:
+    from backends.registry import available
+
+    workers = Workers({b: args.python for b in available()} if args.python else None)
+    engines = {}
+    try:
+        for name in available():
+            try:
+                engines[name] = workers.probe(name)
+            except TokbenchError as exc:
+                engines[name] = {"error": str(exc)}
+    finally:
+        workers.close()
+    profile = hardware.collect(bandwidth=not args.no_bandwidth, engines=engines)
+    if args.json:
+        print(json.dumps({"profile": profile, "fingerprint": hardware.fingerprint(profile)}, indent=2))
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title="hardware profile", show_header=False)
+    for key, doc in hardware.PROFILE_FIELDS.items():
+        value = profile[key]
+        if key == "engines":
+            value = "\n".join(f"{n}: " + (e.get("error") or f"{e['engine']} {e['engine_version']}\n"
+                                          f"  {e.get('system_info', '')}") for n, e in value.items())
+        elif key in ("ram_bytes", "ram_available_bytes"):
+            value = f"{value / 2**30:.1f} GiB"
+        elif isinstance(value, (list, dict)):
+            value = json.dumps(value) if value else "–"
+        table.add_row(f"[bold]{key}[/bold]\n[dim]{doc}[/dim]", str(value if value is not None else "–"))
+    console.print(table)
+    return EXIT_OK
+
+
+# -- runs / show / export / import ----------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    store = _store(args, create=False)
+    table = Table(title=f"runs in {store.path}")
+    for col in ("run", "started (UTC)", "status", "cases", "failed", "command"):
+        table.add_column(col)
+    import time
+
+    for run in store.runs():
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["started_at"]))
+        table.add_row(run["run_id"], started, store.run_state(run), str(run["n_cases"]),
+                      str(run["n_failed"]), run["command"] or "")
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from reports.tables import summary_table, to_rich
+    from results.frames import cases_frame
+
+    store = _store(args, create=False)
+    run_id = store.resolve_run(args.run)
+    run = store.run(run_id)
+    state = store.run_state(run)
+    profile = run["profile"] or {}
+    console.print(f"[bold]run {run_id}[/bold] · {state} · {run['command']}")
+    console.print(f"machine: {profile.get('cpu_brand')} · {profile.get('physical_cores')} cores · "
+                  f"{(profile.get('ram_bytes') or 0) / 2**30:.0f} GiB · "
+                  f"bandwidth {(profile.get('memory_bandwidth') or {}).get('copy_gbps', '–')} GB/s")
+    cases = store.cases(run_id)
+    n_ok = sum(c["status"] == "ok" for c in cases)
+    if state in ("incomplete", "interrupted"):
+        console.print(f"[yellow]run is {state}: {n_ok} of {len(cases)} cases finished; "
+                      "finished trials of the others are shown[/yellow]")
+    console.print(to_rich(summary_table(cases_frame(store, run_id))))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from reports.tables import summary_table, to_markdown
+    from results.export import WRITERS
+    from results.frames import cases_frame
+
+    store = _store(args, create=False)
+    run_id = store.resolve_run(args.run)
+    if args.format == "md":
+        text = to_markdown(summary_table(cases_frame(store, run_id)))
+    else:
+        text = WRITERS[args.format](store, run_id)
+    if args.output:
+        Path(args.output).write_text(text)
+        console.print(f"wrote {args.output}", highlight=False)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, console: Console) -> int:
+    from results.export import import_document
+
+    store = _store(args)
+    for path in args.files:
+        console.print(f"imported run {import_document(store, path)} from {path}")
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokbench", description="Benchmark LLM inference engines on this machine.")
+    parser.add_argument("--store", help="result database (default $TOKBENCH_STORE or "
+                                        "~/.local/share/tokbench/results.db)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a benchmark grid or a suite file")
+    run.add_argument("suite", nargs="?", help="suite TOML file (instead of the grid options)")
+    run.add_argument("--backend", default="llama.cpp", help="backend(s), comma-separated")
+    run.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
+    run.add_argument("-w", "--workloads", default="pp512,tg128",
+                     help="workloads, comma-separated: ppN, tgN, ppN+tgN, …@dN")
+    for p in PARAMS.values():
+        run.add_argument(*p.flags, dest=p.name, help=f"{p.help} (comma list → grid)")
+    run.add_argument("-r", "--repetitions", type=int, help=f"trials per case (default {DEFAULT_REPETITIONS})")
+    run.add_argument("--timeout", type=float, help=f"seconds per case (default {DEFAULT_TIMEOUT_S:g})")
+    run.add_argument("--no-warmup", action="store_true", help="skip the warm-up trial")
+    run.add_argument("--seed", type=int, default=42, help="seed for the random prompt tokens")
+    run.add_argument("--python", help="interpreter for backend workers (an engine's own venv)")
+    run.add_argument("--no-bandwidth", action="store_true", help="skip the memory-bandwidth probe")
+    run.add_argument("-o", "--output", help="also write the run as JSON to this file")
+    run.set_defaults(func=cmd_run)
+
+    prof = sub.add_parser("profile", help="show this machine's hardware profile")
+    prof.add_argument("--json", action="store_true", help="print JSON")
+    prof.add_argument("--no-bandwidth", action="store_true", help="skip the memory-bandwidth probe")
+    prof.add_argument("--python", help="interpreter whose engines to probe (an engine's own venv)")
+    prof.set_defaults(func=cmd_profile)
+
+    sub.add_parser("runs", help="list stored runs").set_defaults(func=cmd_runs)
+
+    show = sub.add_parser("show", help="show a stored run")
+    show.add_argument("run", nargs="?", default="last", help="run id, prefix, last or last~N")
+    show.set_defaults(func=cmd_show)
+
+    export = sub.add_parser("export", help="export a stored run")
+    export.add_argument("run", nargs="?", default="last", help="run id, prefix, last or last~N")
+    export.add_argument("--format", choices=("json", "jsonl", "csv", "md"), default="json")
+    export.add_argument("-o", "--output", help="file to write (default stdout)")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="import runs exported with --format json")
+    imp.add_argument("files", nargs="+")
+    imp.set_defaults(func=cmd_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    to_stderr = args.command == "export" or getattr(args, "json", False)
+    tty = (sys.stderr if to_stderr else sys.stdout).isatty()
+    console = Console(stderr=to_stderr, width=None if tty else 200)
+    try:
+        return args.func(args, console)
+    except TokbenchError as exc:
+        print(f"tokbench: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

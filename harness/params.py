@@ -1,0 +1,95 @@
+"""Tunable case parameters: one declaration each, shared by the CLI, suite files and backends.
+
+A value list in any parameter expands into a grid, as in llama-bench.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import TokbenchError
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use 0 or 1)")
+
+
+def _flash(text: str) -> str:
+    lowered = str(text).strip().lower()
+    if lowered == "auto":
+        return "auto"
+    try:
+        return "on" if _bool(lowered) else "off"
+    except ValueError:
+        raise ValueError(f"{text!r} is not on, off or auto") from None
+
+
+@dataclass(frozen=True)
+class Param:
+    """A case parameter: how it is spelled, parsed and bounded."""
+
+    name: str
+    flags: tuple[str, ...]
+    parse: Callable[[str], Any]
+    help: str
+    minimum: int | None = None
+    choices: tuple[str, ...] | None = None
+    reloads_model: bool = False
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """Parse one value from text or TOML, or raise a one-line error naming `where`."""
+        try:
+            out = self.parse(value) if isinstance(value, str) else self._from_toml(value)
+        except ValueError as exc:
+            raise TokbenchError(f"{where}: bad value for {self.name}: {exc}") from None
+        if self.minimum is not None and out < self.minimum:
+            raise TokbenchError(f"{where}: {self.name} must be ≥ {self.minimum} (got {out})")
+        if self.choices is not None and out not in self.choices:
+            raise TokbenchError(
+                f"{where}: {self.name} must be one of {', '.join(self.choices)} (got {out!r})"
+            )
+        return out
+
+    def _from_toml(self, value: Any) -> Any:
+        if self.parse in (_bool, _flash):
+            if isinstance(value, bool) or value in (0, 1):
+                return self.parse(str(int(value)))
+            raise ValueError(f"{value!r} is not a boolean")
+        if self.parse is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"{value!r} is not an integer")
+        return self.parse(str(value)) if self.parse is not int else value
+
+
+_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in (
+        Param("threads", ("-t", "--threads"), int, "CPU threads", minimum=1),
+        Param("n_batch", ("--n-batch",), int, "logical batch size (prompt chunk)", minimum=1),
+        Param("n_ubatch", ("-ub", "--n-ubatch"), int, "physical batch size", minimum=1),
+        Param(
+            "n_gpu_layers", ("-ngl", "--n-gpu-layers"), int, "layers offloaded to the GPU",
+            minimum=0, reloads_model=True,
+        ),
+        Param("flash_attn", ("-fa", "--flash-attn"), _flash, "flash attention: on, off or auto"),
+        Param("cache_type_k", ("-ctk", "--cache-type-k"), str, "K cache type", choices=_CACHE_TYPES),
+        Param("cache_type_v", ("-ctv", "--cache-type-v"), str, "V cache type", choices=_CACHE_TYPES),
+        Param("mmap", ("-mmp", "--mmap"), _bool, "memory-map the model (0/1)", reloads_model=True),
+    )
+}
+
+
+def parse_list(param: Param, text: str, where: str) -> list[Any]:
+    """Parse a comma-separated CLI value list such as `1,2,4`."""
+    items = [t for t in (s.strip() for s in text.split(",")) if t]
+    if not items:
+        raise TokbenchError(f"{where}: empty value list for {param.name}")
+    return [param.coerce(item, where) for item in items]

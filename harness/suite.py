@@ -1,0 +1,155 @@
+"""Suites: models × workloads × parameter grids, from the command line or a TOML file.
+
+The grid is expanded models-outermost and load parameters before context parameters, the order
+that reloads models least (llama-bench's order).
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from backends.registry import canonical, load_class, spec_for
+from harness.errors import TokbenchError
+from harness.params import PARAMS
+from harness.workloads import Workload, parse_workload
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_REPETITIONS = 5
+DEFAULT_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One backend × model × workload × parameter combination."""
+
+    backend: str
+    model: str
+    workload: Workload
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def param_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def label(self) -> str:
+        shown = " ".join(f"{k}={v}" for k, v in self.params if k == "threads")
+        return f"{self.backend} {Path(self.model).name} {self.workload.name} {shown}".strip()
+
+
+@dataclass
+class Suite:
+    cases: list[Case]
+    repetitions: int = DEFAULT_REPETITIONS
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    warmup: bool = True
+    seed: int = 42
+    python: dict[str, str] = field(default_factory=dict)  # backend → worker interpreter
+    name: str = "cli"
+
+
+def physical_cores() -> int:
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def expand(backends: list[str], models: list[str], workloads: list[Workload],
+           params: dict[str, list[Any]], where: str) -> list[Case]:
+    """The grid of cases; unset parameters take each backend's defaults."""
+    cases = []
+    for backend in backends:
+        name = canonical(backend)
+        defaults = load_class(spec_for(name)).defaults
+        unknown = [p for p in params if p not in defaults]
+        if unknown:
+            raise TokbenchError(
+                f"{where}: backend {name} does not take parameter(s) {', '.join(unknown)}; "
+                f"it takes {', '.join(defaults)}"
+            )
+        grid = {k: params.get(k) or [defaults[k]] for k in defaults}
+        if grid.get("threads") == [None]:
+            grid["threads"] = [physical_cores()]
+        order = sorted(grid, key=lambda k: not PARAMS[k].reloads_model)
+        for model in models:
+            for values in itertools.product(*(grid[k] for k in order)):
+                for wl in workloads:
+                    cases.append(Case(name, model, wl, tuple(zip(order, values, strict=True))))
+    return cases
+
+
+# -- suite files ---------------------------------------------------------------------------
+
+_TOP_KEYS = {"name", "repetitions", "timeout", "warmup", "seed", "python", "defaults", "benchmark"}
+_GROUP_KEYS = {"backend", "backends", "model", "models", "workload", "workloads", *PARAMS}
+
+
+def _unknown_key(key: str, allowed: set[str], where: str) -> TokbenchError:
+    hint = difflib.get_close_matches(key, sorted(allowed), n=1)
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    return TokbenchError(
+        f"{where}: unknown key {key!r}{did_you_mean}; allowed: {', '.join(sorted(allowed))}"
+    )
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read a suite file; every key is checked, and typos are named with a suggestion."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise TokbenchError(f"suite file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TokbenchError(f"suite file {path} is not valid TOML: {exc}") from None
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise _unknown_key(key, _TOP_KEYS, str(path))
+    defaults = doc.get("defaults", {})
+    groups = doc.get("benchmark", [])
+    if not isinstance(groups, list) or not groups:
+        raise TokbenchError(f"{path}: add at least one [[benchmark]] table (models, workloads…)")
+    cases: list[Case] = []
+    for i, group in enumerate(groups, start=1):
+        where = f"{path} [[benchmark]] #{i}"
+        merged = {**defaults, **group}
+        for key in merged:
+            if key not in _GROUP_KEYS:
+                raise _unknown_key(key, _GROUP_KEYS, where if key in group else f"{path} [defaults]")
+        backends = _as_list(merged.get("backends", merged.get("backend", "llama.cpp")))
+        models = _as_list(merged.get("models", merged.get("model")))
+        if models == [None]:
+            raise TokbenchError(f"{where}: no model; add models = [\"path.gguf\" or \"pkg:…\"]")
+        try:
+            workloads = [parse_workload(str(w)) for w in
+                         _as_list(merged.get("workloads", merged.get("workload", ["pp512", "tg128"])))]
+        except TokbenchError as exc:
+            raise TokbenchError(f"{where}: {exc}") from None
+        params = {
+            k: [PARAMS[k].coerce(v, where) for v in _as_list(merged[k])]
+            for k in merged if k in PARAMS
+        }
+        cases += expand(backends, [str(m) for m in models], workloads, params, where)
+    repetitions = doc.get("repetitions", DEFAULT_REPETITIONS)
+    if not isinstance(repetitions, int) or repetitions < 1:
+        raise TokbenchError(f"{path}: repetitions must be an integer ≥ 1 (got {repetitions!r})")
+    timeout = doc.get("timeout", DEFAULT_TIMEOUT_S)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise TokbenchError(f"{path}: timeout must be a number of seconds > 0 (got {timeout!r})")
+    python = doc.get("python", {})
+    if not isinstance(python, dict):
+        raise TokbenchError(f"{path}: python must be a table of backend = \"/path/to/python\"")
+    return Suite(cases, repetitions, float(timeout), bool(doc.get("warmup", True)),
+                 int(doc.get("seed", 42)), {canonical(k): str(v) for k, v in python.items()},
+                 str(doc.get("name", path.stem)))

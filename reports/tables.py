@@ -1,0 +1,104 @@
+"""The llama-bench style results table, built with pandas from stored results.
+
+Columns: model, size, params, backend, threads, any parameter that varies or differs from the
+backend default, test, t/s (mean ± sample stddev), median with its bootstrap 95% interval, peak
+memory. Failed cases keep a row that says what failed.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from rich.table import Table
+
+from backends.registry import load_class, spec_for
+
+_ALWAYS = ("threads",)
+
+
+def _size(n_bytes: float | None) -> str:
+    if n_bytes is None or pd.isna(n_bytes):
+        return "–"
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.2f} MiB"
+
+
+def _count(n: float | None) -> str:
+    if n is None or pd.isna(n):
+        return "–"
+    return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
+
+
+def _rate(mean: float, sd: float) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.2f} ± {sd:.2f}" if not pd.isna(sd) else f"{mean:.2f}"
+
+
+def _median(median: float, low: float, high: float) -> str:
+    if pd.isna(median):
+        return "–"
+    if pd.isna(low):
+        return f"{median:.2f}"
+    return f"{median:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _shown_params(df: pd.DataFrame) -> list[str]:
+    """threads always; other parameters when they vary or differ from the backend default."""
+    shown = []
+    for col in (c for c in df.columns if c.startswith("param_")):
+        name = col.removeprefix("param_")
+        values = df[col].dropna().unique().tolist()
+        defaults = {load_class(spec_for(b)).defaults.get(name) for b in df["backend"].unique()}
+        if name in _ALWAYS or len(values) > 1 or any(v not in defaults for v in values):
+            shown.append(name)
+    return shown
+
+
+def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
+    """Display rows from results.frames.cases_frame (one per case × phase)."""
+    if cases.empty:
+        return pd.DataFrame()
+    params = _shown_params(cases)
+    out = pd.DataFrame({
+        "model": cases["model_desc"].fillna(cases["model"].map(lambda m: m.rsplit("/", 1)[-1])),
+        "size": cases["model_size_bytes"].map(_size),
+        "params": cases["model_n_params"].map(_count),
+        "backend": cases["backend"],
+    })
+    for name in params:
+        out[name] = cases[f"param_{name}"]
+    out["test"] = [f"{t} ({w})" if "+" in w else t
+                   for t, w in zip(cases["test"], cases["workload"], strict=True)]
+    out["t/s"] = [_rate(m, s) for m, s in zip(cases["tps_mean"], cases["tps_stddev"], strict=True)]
+    out["median [95% CI]"] = [
+        _median(m, lo, hi)
+        for m, lo, hi in zip(cases["tps_median"], cases["tps_ci_low"], cases["tps_ci_high"], strict=True)
+    ]
+    out["peak RSS"] = cases["peak_rss_bytes"].map(_size)
+    if (cases["status"] != "ok").any():
+        out["status"] = [
+            "ok" if s == "ok" else f"{s}: {e}" for s, e in zip(cases["status"], cases["error"], strict=True)
+        ]
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+    if table.empty:
+        return "_no cases_\n"
+    cells = table.astype(str).map(lambda v: v.replace("|", "\\|"))
+    header = "| " + " | ".join(table.columns) + " |"
+    align = "| " + " | ".join("---:" if c in ("t/s", "median [95% CI]", "size", "params", "peak RSS")
+                              else "---" for c in table.columns) + " |"
+    body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join([header, align, *body]) + "\n"
+
+
+def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
+    rich_table = Table(title=title, show_lines=False)
+    for col in table.columns:
+        rich_table.add_column(col, justify="right" if col in ("t/s", "median [95% CI]", "size",
+                                                               "params", "peak RSS") else "left",
+                              overflow="fold")
+    for row in table.astype(str).itertuples(index=False):
+        rich_table.add_row(*row)
+    return rich_table

@@ -1,0 +1,98 @@
+"""Writers for stored runs (json, jsonl, csv) and the importer for tokbench's JSON document.
+
+The JSON document holds everything stored for a run (profile, cases, raw trials), so a run
+exported on one machine imports losslessly into another store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness.errors import TokbenchError
+from results.frames import cases_frame
+from results.schema import CASE_FIELDS, RUN_FIELDS, SCHEMA_VERSION, TRIAL_FIELDS, names
+from results.store import Store
+
+FORMAT = "tokbench-run"
+
+
+def run_document(store: Store, run_id: str) -> dict[str, Any]:
+    """The whole run: run fields, and each case with its raw trial samples."""
+    trials_by_case: dict[int, list[dict[str, Any]]] = {}
+    for t in store.trials(run_id):
+        trials_by_case.setdefault(t["case_id"], []).append(
+            {k: t[k] for k in names(TRIAL_FIELDS) if k != "case_id"}
+        )
+    cases = []
+    for case in store.cases(run_id):
+        row = {k: case[k] for k in names(CASE_FIELDS) if k not in ("case_id", "run_id")}
+        row["trials"] = trials_by_case.get(case["case_id"], [])
+        cases.append(row)
+    run = store.run(run_id)
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "run": {k: run[k] for k in names(RUN_FIELDS)},
+        "cases": cases,
+    }
+
+
+def _clean(value: Any) -> Any:
+    """NaN → None, so JSON output stays standard."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_json(store: Store, run_id: str) -> str:
+    return json.dumps(run_document(store, run_id), indent=1)
+
+
+def write_jsonl(store: Store, run_id: str) -> str:
+    rows = cases_frame(store, run_id).to_dict(orient="records")
+    return "".join(json.dumps({k: _clean(v) for k, v in r.items()}) + "\n" for r in rows)
+
+
+def write_csv(store: Store, run_id: str) -> str:
+    return cases_frame(store, run_id).to_csv(index=False)
+
+
+WRITERS: dict[str, Callable[[Store, str], str]] = {
+    "json": write_json,
+    "jsonl": write_jsonl,
+    "csv": write_csv,
+}
+
+
+def import_document(store: Store, path: str | Path) -> str:
+    """Insert a run exported as JSON; return its run id. Refuses newer schemas and duplicates."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TokbenchError(f"import file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise TokbenchError(f"import file {path} is not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise TokbenchError(
+            f"import file {path} is not a tokbench run (export one with `tokbench export RUN --format json`)"
+        )
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise TokbenchError(
+            f"import file {path} has schema v{version}, newer than this tokbench reads "
+            f"(v{SCHEMA_VERSION}): upgrade tokbench"
+        )
+    run = doc["run"]
+    if any(r["run_id"] == run["run_id"] for r in store.runs()):
+        raise TokbenchError(f"run {run['run_id']} is already in {store.path}")
+    with store.transaction():
+        store.add_run(**run)
+        for case in doc["cases"]:
+            trials = case.pop("trials")
+            case_id = store.add_case(run_id=run["run_id"], **case)
+            for t in trials:
+                store.add_trial(case_id, t["trial"], [t], t.get("started_at"))
+    return run["run_id"]

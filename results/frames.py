@@ -1,0 +1,56 @@
+"""Stored runs as pandas DataFrames: raw trials, and per case × phase summaries.
+
+Failed cases stay in the case frame, with their error and empty statistics, so nothing that
+went wrong silently disappears from a table or a report.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.stats import rates, summarize
+from results.schema import CASE_FIELDS, STAT_FIELDS, TRIAL_FIELDS, names
+from results.store import Store
+
+_CASE_COLUMNS = [n for n in names(CASE_FIELDS) if n not in ("params", "engine", "memory")]
+
+
+def trials_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """One row per trial phase, with its tokens/s."""
+    rows = store.trials(run_id)
+    df = pd.DataFrame(rows, columns=names(TRIAL_FIELDS))
+    df.insert(0, "run_id", run_id)
+    df["tps"] = df["n_tokens"] / (df["duration_ns"] / 1e9)
+    return df
+
+
+def phase_test_name(workload: str, phase: str, n_prompt: int, n_gen: int, n_depth: int) -> str:
+    """llama-bench's test name for one phase: pp512, tg128@d1024 (the workload if one phase)."""
+    n = n_prompt if phase == "pp" else n_gen
+    return f"{phase}{n}" + (f"@d{n_depth}" if n_depth else "")
+
+
+def cases_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """One row per case and timed phase (a failed case with no trials keeps one row)."""
+    trials = trials_frame(store, run_id)
+    rows = []
+    for case in store.cases(run_id):
+        base = {k: case[k] for k in _CASE_COLUMNS}
+        base.update({f"param_{k}": v for k, v in (case["params"] or {}).items()})
+        mine = trials[trials["case_id"] == case["case_id"]]
+        phases = [p for p, n in (("pp", case["n_prompt"]), ("tg", case["n_gen"])) if n]
+        for phase in phases:
+            sub = mine[mine["phase"] == phase]
+            s = summarize(rates(sub["n_tokens"].tolist(), sub["duration_ns"].tolist()))
+            rows.append({
+                **base, "phase": phase,
+                "test": phase_test_name(case["workload"], phase, case["n_prompt"], case["n_gen"],
+                                        case["n_depth"]),
+                **{f"tps_{k}" if k != "n" else "n_trials": v for k, v in s.as_dict().items()},
+            })
+    columns = _CASE_COLUMNS + names(STAT_FIELDS)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    params = [c for c in df.columns if c.startswith("param_")]
+    return df[columns + params]

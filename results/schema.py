@@ -1,0 +1,97 @@
+"""The result schema, declared once: SQLite tables, export columns and JSON keys all come from here.
+
+Bump SCHEMA_VERSION when a stored field changes meaning or a table changes shape; add a
+migration in results.store for older stores; readers refuse newer versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    sql: str
+    doc: str
+
+
+RUN_FIELDS = (
+    Field("run_id", "TEXT PRIMARY KEY", "run identifier (UTC start time + random suffix)"),
+    Field("started_at", "REAL NOT NULL", "UNIX time the run started"),
+    Field("finished_at", "REAL", "UNIX time the run ended; NULL while running or if killed"),
+    Field("status", "TEXT NOT NULL", "running | complete | failed | interrupted"),
+    Field("command", "TEXT", "the command line or suite file that started the run"),
+    Field("runner_pid", "INTEGER", "pid of the runner, to tell a live run from a killed one"),
+    Field("host", "TEXT", "host name of the machine"),
+    Field("tokbench_version", "TEXT", "tokbench version"),
+    Field("git_commit", "TEXT", "git commit of the working directory under test, when known"),
+    Field("profile", "TEXT", "hardware/software profile (JSON)"),
+    Field("fingerprint", "TEXT", "hard and soft fingerprint fields (JSON)"),
+)
+
+CASE_FIELDS = (
+    Field("case_id", "INTEGER PRIMARY KEY", "case identifier in this store"),
+    Field("run_id", "TEXT NOT NULL REFERENCES runs(run_id)", "run the case belongs to"),
+    Field("case_index", "INTEGER NOT NULL", "position of the case in the run"),
+    Field("backend", "TEXT NOT NULL", "backend name"),
+    Field("model", "TEXT NOT NULL", "model source as given"),
+    Field("model_path", "TEXT", "resolved model file"),
+    Field("model_id", "TEXT", "identity of the model's shape: size + sha256 of its header"),
+    Field("model_desc", "TEXT", "engine's description of the model (arch, size, quant)"),
+    Field("quant", "TEXT", "quantization (GGUF file type)"),
+    Field("model_size_bytes", "INTEGER", "weights size reported by the engine"),
+    Field("model_file_bytes", "INTEGER", "model file size on disk"),
+    Field("model_n_params", "INTEGER", "parameter count reported by the engine"),
+    Field("workload", "TEXT NOT NULL", "workload name, e.g. pp512+tg128@d1024"),
+    Field("n_prompt", "INTEGER NOT NULL", "prompt tokens per trial"),
+    Field("n_gen", "INTEGER NOT NULL", "generated tokens per trial"),
+    Field("n_depth", "INTEGER NOT NULL", "context depth filled before timing"),
+    Field("params", "TEXT NOT NULL", "case parameters (JSON)"),
+    Field("repetitions", "INTEGER NOT NULL", "trials requested"),
+    Field("status", "TEXT NOT NULL", "pending | running | ok | error | interrupted"),
+    Field("error", "TEXT", "one-line error for a failed case"),
+    Field("error_detail", "TEXT", "worker stderr tail or traceback of a failed case"),
+    Field("engine", "TEXT", "engine name, version and build info (JSON)"),
+    Field("load_s", "REAL", "model + context load time, seconds (not part of any trial)"),
+    Field("peak_rss_bytes", "INTEGER", "peak resident memory of the worker"),
+    Field("kv_cache_bytes", "INTEGER", "KV-cache size allocated by the engine"),
+    Field("memory", "TEXT", "all memory figures reported for the case (JSON)"),
+    Field("started_at", "REAL", "UNIX time the case started"),
+    Field("finished_at", "REAL", "UNIX time the case ended"),
+)
+
+TRIAL_FIELDS = (
+    Field("case_id", "INTEGER NOT NULL REFERENCES cases(case_id)", "case the sample belongs to"),
+    Field("trial", "INTEGER NOT NULL", "trial index within the case, from 0"),
+    Field("phase", "TEXT NOT NULL", "pp (prefill) or tg (decode)"),
+    Field("n_tokens", "INTEGER NOT NULL", "tokens processed in the phase"),
+    Field("duration_ns", "INTEGER NOT NULL", "phase duration, monotonic clock, nanoseconds"),
+    Field("token_ns", "TEXT", "decode: JSON list of each token's end time from phase start (ns)"),
+    Field("started_at", "REAL", "UNIX time the trial started"),
+)
+
+#: Derived per (case, phase) statistics, computed by harness.stats from the stored trials.
+STAT_FIELDS = (
+    Field("phase", "TEXT", "pp (prefill) or tg (decode)"),
+    Field("test", "TEXT", "llama-bench style test name for the phase, e.g. pp512, tg128@d1024"),
+    Field("n_trials", "INTEGER", "trials measured"),
+    Field("tps_mean", "REAL", "mean of per-trial tokens/s"),
+    Field("tps_stddev", "REAL", "sample standard deviation of per-trial tokens/s"),
+    Field("tps_median", "REAL", "median of per-trial tokens/s"),
+    Field("tps_ci_low", "REAL", "bootstrap 95% interval of the median, low end"),
+    Field("tps_ci_high", "REAL", "bootstrap 95% interval of the median, high end"),
+    Field("tps_min", "REAL", "slowest trial, tokens/s"),
+    Field("tps_max", "REAL", "fastest trial, tokens/s"),
+    Field("tps_cv", "REAL", "coefficient of variation of per-trial tokens/s"),
+)
+
+
+def names(fields: tuple[Field, ...]) -> list[str]:
+    return [f.name for f in fields]
+
+
+def create_table_sql(table: str, fields: tuple[Field, ...]) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{f.name} {f.sql}' for f in fields)})"

