@@ -40,6 +40,13 @@ class _ThreadpoolParams(ctypes.Structure):
     ]
 
 
+def _engine_lib(llama_module: Any, stem: str) -> ctypes.CDLL | None:
+    """One of the shared libraries shipped beside libllama (None in a backend-DL build)."""
+    lib_dir = Path(llama_module.__file__).parent / "lib"
+    found = sorted(lib_dir.glob(f"{stem}.so*")) + sorted(lib_dir.glob(f"{stem}*.dylib"))
+    return ctypes.CDLL(str(found[0])) if found else None
+
+
 def _import_engine() -> Any:
     try:
         import llama_cpp
@@ -75,6 +82,12 @@ class LlamaCppBackend(Backend):
             "system_info": lib.llama_print_system_info().decode().strip(),
             "supports_gpu_offload": bool(lib.llama_supports_gpu_offload()),
         }
+        base = _engine_lib(lib, "libggml-base")
+        if base is not None:
+            for field in ("ggml_version", "ggml_commit"):
+                fn = getattr(base, field)
+                fn.restype = ctypes.c_char_p
+                info[field] = fn().decode()
         return info
 
     def __init__(self, model_path: str, params: dict[str, Any], seed: int) -> None:
@@ -228,11 +241,9 @@ class LlamaCppBackend(Backend):
     # -- engine plumbing -----------------------------------------------------------------------
     def _attach_threadpool(self, n_threads: int) -> None:
         """Create and attach a persistent CPU threadpool (llama-bench's setup)."""
-        lib_dir = Path(self._ll.__file__).parent / "lib"
-        cpu_libs = sorted(lib_dir.glob("libggml-cpu*.so*")) + sorted(lib_dir.glob("libggml-cpu*.dylib"))
-        if not cpu_libs:
+        cpu = _engine_lib(self._ll, "libggml-cpu")
+        if cpu is None:
             return  # a backend-DL build: ggml falls back to its per-graph pool
-        cpu = ctypes.CDLL(str(cpu_libs[0]))
         cpu.ggml_threadpool_params_default.restype = _ThreadpoolParams
         cpu.ggml_threadpool_params_default.argtypes = [ctypes.c_int]
         cpu.ggml_threadpool_new.restype = ctypes.c_void_p

@@ -10,6 +10,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +38,18 @@ class _ProgressHooks(Hooks):
             transient=False,
         )
         self.task: Any = None
+        self.label = ""
 
     def run_started(self, run_id: str, n_cases: int) -> None:
         self.progress.start()
         self.task = self.progress.add_task(f"run {run_id}", total=n_cases)
 
     def case_started(self, index: int, case: Any) -> None:
-        self.progress.update(self.task, description=case.label())
+        self.label = case.label()
+        self.progress.update(self.task, description=self.label)
 
     def trial_done(self, index: int, trial: int) -> None:
-        desc = self.progress.tasks[0].description.split(" · ")[0]
-        self.progress.update(self.task, description=f"{desc} · trial {trial + 1}")
+        self.progress.update(self.task, description=f"{self.label} · trial {trial + 1}")
 
     def case_done(self, index: int, status: str, error: str | None) -> None:
         self.progress.advance(self.task)
@@ -145,8 +147,11 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     for key, doc in hardware.PROFILE_FIELDS.items():
         value = profile[key]
         if key == "engines":
-            value = "\n".join(f"{n}: " + (e.get("error") or f"{e['engine']} {e['engine_version']}\n"
-                                          f"  {e.get('system_info', '')}") for n, e in value.items())
+            value = "\n".join(
+                f"{n}: " + (e.get("error") or f"{e['engine']} {e['engine_version']} "
+                            f"(ggml {e.get('ggml_version', '?')}, commit {e.get('ggml_commit', '?')})\n"
+                            f"  {e.get('system_info', '')}")
+                for n, e in value.items())
         elif key in ("ram_bytes", "ram_available_bytes"):
             value = f"{value / 2**30:.1f} GiB"
         elif isinstance(value, (list, dict)):
@@ -164,8 +169,6 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     table = Table(title=f"runs in {store.path}")
     for col in ("run", "started (UTC)", "status", "cases", "failed", "command"):
         table.add_column(col)
-    import time
-
     for run in store.runs():
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(run["started_at"]))
         table.add_row(run["run_id"], started, store.run_state(run), str(run["n_cases"]),

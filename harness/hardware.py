@@ -184,7 +184,7 @@ def fingerprint(profile: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "ram_gib": round((profile.get("ram_bytes") or 0) / 2**30),
         "gpus": [f"{g['name']} {round(g['memory_bytes'] / 2**30)}GiB" for g in gpus],
         "engines": {
-            name: {k: e.get(k) for k in ("engine", "engine_version", "system_info")}
+            name: {k: e.get(k) for k in ("engine", "engine_version", "ggml_commit", "system_info")}
             for name, e in (profile.get("engines") or {}).items()
         },
     }

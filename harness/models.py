@@ -22,7 +22,6 @@ _GGUF_MAGIC = b"GGUF"
 class ResolvedModel:
     source: str  # as the user wrote it
     path: Path
-    name: str  # short display name
     file_bytes: int
     model_id: str  # size + sha256 of the header: the identity of the model's shape
     arch: str | None
@@ -95,8 +94,8 @@ def _inspect_gguf(source: str, path: Path) -> ResolvedModel:
     with path.open("rb") as fh:
         header = fh.read(reader.data_offset)
     model_id = f"{size}-{hashlib.sha256(header).hexdigest()[:16]}"
-    return ResolvedModel(source, path, _display_name(source, path), size, model_id,
-                         _field(reader, "general.architecture"), _quant(reader))
+    return ResolvedModel(source, path, size, model_id, _field(reader, "general.architecture"),
+                         _quant(reader))
 
 
 def _field(reader: object, key: str) -> str | None:
@@ -115,7 +114,3 @@ def _quant(reader: object) -> str | None:
     except ValueError:
         return str(field.contents())
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-
-
-def _display_name(source: str, path: Path) -> str:
-    return source[4:] if source.startswith("pkg:") else path.stem

@@ -226,6 +226,7 @@ def test_profile_reports_the_engine(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     engine = doc["profile"]["engines"]["llama.cpp"]
     assert engine["engine"] == "llama-cpp-python" and "CPU :" in engine["system_info"]
+    assert engine["ggml_commit"] and engine["ggml_version"]
     assert doc["profile"]["physical_cores"] >= 1 and doc["profile"]["ram_bytes"] > 0
     assert doc["fingerprint"]["hard"]["engines"]["llama.cpp"]["engine_version"] == engine["engine_version"]
     assert "kernel" in doc["fingerprint"]["soft"]
