@@ -22,7 +22,14 @@ from harness.errors import TokbenchError
 from harness.models import DEFAULT_MODEL
 from harness.params import PARAMS, parse_list
 from harness.runner import Hooks, Runner, Workers
-from harness.suite import DEFAULT_REPETITIONS, DEFAULT_TIMEOUT_S, Suite, expand, load_suite
+from harness.suite import (
+    DEFAULT_REPETITIONS,
+    DEFAULT_TIMEOUT_S,
+    Suite,
+    expand,
+    expand_quants,
+    load_suite,
+)
 from harness.workloads import parse_workload
 
 EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -75,7 +82,9 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
         if args.timeout is not None:
             suite.timeout_s = args.timeout
         return suite
-    models = [m for m in (args.model or DEFAULT_MODEL).split(",") if m]
+    quants = [q for q in args.quants.split(",") if q] if args.quants else None
+    models = expand_quants([m for m in (args.model or DEFAULT_MODEL).split(",") if m], quants,
+                           "--quants")
     workloads = [parse_workload(w) for w in args.workloads.split(",") if w.strip()]
     params = {name: parse_list(PARAMS[name], getattr(args, name), f"--{name.replace('_', '-')}")
               for name in PARAMS if getattr(args, name) is not None}
@@ -239,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("suite", nargs="?", help="suite TOML file (instead of the grid options)")
     run.add_argument("--backend", default="llama.cpp", help="backend(s), comma-separated")
     run.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
+    run.add_argument("-q", "--quants", help="quants filled into {quant} in the model sources")
     run.add_argument("-w", "--workloads", default="pp512,tg128",
                      help="workloads, comma-separated: ppN, tgN, ppN+tgN, …@dN")
     for p in PARAMS.values():

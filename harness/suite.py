@@ -86,10 +86,23 @@ def expand(backends: list[str], models: list[str], workloads: list[Workload],
     return cases
 
 
+def expand_quants(models: list[str], quants: list[str] | None, where: str) -> list[str]:
+    """Fill `{quant}` in model sources with each quant (model-major order)."""
+    if not quants:
+        return models
+    missing = [m for m in models if "{quant}" not in m]
+    if missing:
+        raise TokbenchError(
+            f"{where}: quants are given but model {missing[0]!r} has no {{quant}} placeholder; "
+            'write it like "models/LFM2-1.2B-{quant}.gguf"'
+        )
+    return [m.replace("{quant}", q) for m in models for q in quants]
+
+
 # -- suite files ---------------------------------------------------------------------------
 
 _TOP_KEYS = {"name", "repetitions", "timeout", "warmup", "seed", "python", "defaults", "benchmark"}
-_GROUP_KEYS = {"backend", "backends", "model", "models", "workload", "workloads", *PARAMS}
+_GROUP_KEYS = {"backend", "backends", "model", "models", "quants", "workload", "workloads", *PARAMS}
 
 
 def _unknown_key(key: str, allowed: set[str], where: str) -> TokbenchError:
@@ -131,6 +144,8 @@ def load_suite(path: str | Path) -> Suite:
         models = _as_list(merged.get("models", merged.get("model")))
         if models == [None]:
             raise TokbenchError(f"{where}: no model; add models = [\"path.gguf\" or \"pkg:…\"]")
+        quants = [str(q) for q in _as_list(merged["quants"])] if "quants" in merged else None
+        models = expand_quants([str(m) for m in models], quants, where)
         try:
             workloads = [parse_workload(str(w)) for w in
                          _as_list(merged.get("workloads", merged.get("workload", ["pp512", "tg128"])))]
@@ -140,7 +155,7 @@ def load_suite(path: str | Path) -> Suite:
             k: [PARAMS[k].coerce(v, where) for v in _as_list(merged[k])]
             for k in merged if k in PARAMS
         }
-        cases += expand(backends, [str(m) for m in models], workloads, params, where)
+        cases += expand(backends, models, workloads, params, where)
     repetitions = doc.get("repetitions", DEFAULT_REPETITIONS)
     if not isinstance(repetitions, int) or repetitions < 1:
         raise TokbenchError(f"{path}: repetitions must be an integer ≥ 1 (got {repetitions!r})")

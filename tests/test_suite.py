@@ -49,6 +49,13 @@ def test_threads_must_be_positive(threads: str) -> None:
         _cli_suite("-m", "a.gguf", "-t", threads)
 
 
+def test_quants_fill_the_model_template() -> None:
+    suite = _cli_suite("-m", "m/LFM2-1.2B-{quant}.gguf", "-q", "Q4_0,Q8_0", "-w", "tg8")
+    assert [c.model for c in suite.cases] == ["m/LFM2-1.2B-Q4_0.gguf", "m/LFM2-1.2B-Q8_0.gguf"]
+    with pytest.raises(TokbenchError, match=r"no \{quant\} placeholder"):
+        _cli_suite("-m", "plain.gguf", "-q", "Q4_0")
+
+
 def test_unknown_backend() -> None:
     with pytest.raises(TokbenchError, match="unknown backend 'nope'"):
         _cli_suite("--backend", "nope", "-m", "a.gguf")
@@ -74,6 +81,12 @@ models = ["a.gguf", "b.gguf"]
 workloads = ["pp64", "tg16@d128"]
 
 [[benchmark]]
+models = ["q-{quant}.gguf"]
+quants = ["Q4_0", "Q8_0"]
+workloads = ["tg8"]
+threads = 1
+
+[[benchmark]]
 model = "c.gguf"
 workload = "pp64+tg16"
 threads = 2
@@ -81,7 +94,8 @@ flash_attn = "on"
 """)
     suite = load_suite(path)
     assert suite.name == "cpu" and suite.repetitions == 3 and suite.timeout_s == 60
-    assert len(suite.cases) == 2 * 2 * 2 + 1
+    assert len(suite.cases) == 2 * 2 * 2 + 2 + 1
+    assert [c.model for c in suite.cases[8:10]] == ["q-Q4_0.gguf", "q-Q8_0.gguf"]
     last = suite.cases[-1]
     assert last.model == "c.gguf" and last.param_dict["threads"] == 2
     assert last.param_dict["flash_attn"] == "on"
