@@ -80,8 +80,18 @@ def _progress_bar() -> Progress:
 def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     spec = lookup(args.name)
     quant = args.quant.upper()
-    total = synthetic.predicted_size(spec, quant)
     start = time.perf_counter()
+    if args.format == "hf":
+        from harness.hf_checkpoint import write_hf
+
+        out = Path(args.out or synthetic.cache_dir() / f"{spec.name}-hf")
+        with _progress_bar() as bar:
+            task = bar.add_task(f"{spec.name} (Hugging Face layout, F16)", total=None)
+            write_hf(spec, out, progress=lambda n: bar.update(task, completed=n))
+        console.print(f"{out} · {time.perf_counter() - start:.1f} s · a Hugging Face checkpoint "
+                      "directory for vLLM / MLX", highlight=False)
+        return 0
+    total = synthetic.predicted_size(spec, quant)
     with _progress_bar() as bar:
         task = bar.add_task(f"{spec.name}@{quant}", total=total)
         update = lambda n: bar.update(task, completed=n)  # noqa: E731
@@ -118,6 +128,8 @@ def add_parser(sub: Any) -> None:
     synth.add_argument("-q", "--quant", default="Q4_K_M",
                        help=f"file type (default Q4_K_M): {', '.join(FILE_TYPES)}")
     synth.add_argument("-o", "--out", help="write here instead of the cache")
+    synth.add_argument("--format", choices=("gguf", "hf"), default="gguf",
+                       help="gguf (llama.cpp) or hf: a Hugging Face directory, F16 (vLLM, MLX)")
     synth.set_defaults(func=cmd_synth)
     clone = msub.add_parser("clone", help="a random-weight twin of a GGUF (same header)")
     clone.add_argument("source", help="GGUF path or model source (pkg:…)")

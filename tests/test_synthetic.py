@@ -251,3 +251,42 @@ def test_clone_of_gemma_has_identical_header_and_runs(tmp_path: Path, gemma_path
     assert main(["--store", str(store), "run", "-m", str(twin), "-w", "pp16,tg4", "-r", "1",
                  "--no-bandwidth"]) == 0
     os.remove(twin)
+
+
+def test_models_synth_cli_writes_gguf(tmp_path: Path) -> None:
+    out = tmp_path / "m.gguf"
+    assert main(["models", "synth", "tiny-lfm2", "-q", "Q5_K_M", "-o", str(out)]) == 0
+    assert out.stat().st_size == predicted_size(lookup("tiny-lfm2"), "Q5_K_M")
+
+
+@pytest.mark.parametrize("name", ["tiny-lfm2", "tiny-llama"])
+def test_hf_checkpoint_has_config_weights_and_tokenizer(tmp_path: Path, name: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Structure checks here; loading in transformers / vLLM / MLX is tested with those engines."""
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    from harness import hf_checkpoint
+
+    monkeypatch.setattr(hf_checkpoint, "SHARD_BYTES", 400_000)  # force several shards
+    out = tmp_path / "hf"
+    assert main(["models", "synth", name, "--format", "hf", "-o", str(out)]) == 0
+    spec = lookup(name)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hidden_size"] == spec.hidden and cfg["num_hidden_layers"] == spec.n_layer
+    if spec.arch == "lfm2":
+        assert {"conv_dim", "conv_dim_out", "block_dim", "block_ff_dim", "num_heads"} <= set(cfg)
+        assert cfg["layer_types"].count("full_attention") == len(spec.attn_layers or ())
+    index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+    weights = {}
+    for file in set(index.values()):
+        weights.update(load_file(str(out / file)))
+    assert set(weights) == set(index)
+    total, _ = parameter_counts(spec)
+    rope = spec.dim_head // 2 if spec.arch == "llama" else 0  # derived by HF from the config
+    assert sum(w.size for w in weights.values()) == total - rope
+    assert weights["model.embed_tokens.weight"].shape == (spec.vocab, spec.hidden)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert tok.get_vocab_size() == spec.vocab
+    ids = tok.encode("hello world").ids
+    assert ids and tok.decode(ids) == "hello world"
