@@ -1,7 +1,8 @@
 """`tokbench` command line: parses arguments and calls plain functions (tests call main(argv)).
 
 Exit codes: 0 success; 1 the run finished but some cases failed; 2 bad input or an unusable
-environment (nothing was run); 130 interrupted.
+environment (nothing was run); 130 interrupted. `ab` and `gate` (harness/cli_gate.py) have
+their own: 0 pass, 1 regression, 2 error, 3 inconclusive (--strict), 4 not comparable.
 """
 
 from __future__ import annotations
@@ -283,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import runs exported with --format json")
     imp.add_argument("files", nargs="+")
     imp.set_defaults(func=cmd_import)
+
+    from harness.cli_gate import add_commands  # ab, gate: the regression gate
+
+    add_commands(sub)
     return parser
 
 
