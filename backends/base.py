@@ -65,6 +65,10 @@ class Backend:
         """Clear state, fill n_depth untimed, then time the prefill and decode phases."""
         raise NotImplementedError
 
+    def idle(self) -> None:
+        """Called when the worker waits between trial blocks (A/B runs): release the CPU, so an
+        idle arm's spinning threads cannot slow the other arm's trials."""
+
     def memory(self) -> dict[str, Any]:
         """Engine-side memory figures (e.g. KV-cache bytes), beyond the worker's peak RSS."""
         return {}

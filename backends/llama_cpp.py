@@ -161,6 +161,12 @@ class LlamaCppBackend(Backend):
             samples.append(self._decode(n_gen))
         return samples
 
+    def idle(self) -> None:
+        """Pause the threadpool: its threads poll for work after each graph, which would eat the
+        other arm's cores in an A/B run. The next graph resumes it."""
+        if self._threadpool:
+            self._tp_pause(self._threadpool)
+
     def memory(self) -> dict[str, Any]:
         totals = {"KV": 0.0, "RS": 0.0, "compute": 0.0, "output": 0.0}
         for line in self._log_lines:
@@ -249,6 +255,7 @@ class LlamaCppBackend(Backend):
         cpu.ggml_threadpool_new.restype = ctypes.c_void_p
         cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
         cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        cpu.ggml_threadpool_pause.argtypes = [ctypes.c_void_p]
         attach = self._ll._lib.llama_attach_threadpool
         attach.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         tpp = cpu.ggml_threadpool_params_default(n_threads)
@@ -256,6 +263,7 @@ class LlamaCppBackend(Backend):
         if not self._threadpool:
             raise ModelLoadError(f"ggml could not create a threadpool of {n_threads} threads")
         self._tp_free = cpu.ggml_threadpool_free
+        self._tp_pause = cpu.ggml_threadpool_pause
         attach(self._ctx, self._threadpool, None)
 
     def _on_log(self, level: int, text: bytes, _user: Any) -> None:

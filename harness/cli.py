@@ -1,7 +1,8 @@
 """`tokbench` command line: parses arguments and calls plain functions (tests call main(argv)).
 
 Exit codes: 0 success; 1 the run finished but some cases failed; 2 bad input or an unusable
-environment (nothing was run); 130 interrupted.
+environment (nothing was run); 130 interrupted. `ab` and `gate` (harness/cli_gate.py) have
+their own: 0 pass, 1 regression, 2 error, 3 inconclusive (--strict), 4 not comparable.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import hardware, models_cli
+from harness import cli_gate, hardware, models_cli
 from harness.errors import TokbenchError
 from harness.models import DEFAULT_MODEL
 from harness.params import PARAMS, parse_list
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(func=cmd_import)
 
     models_cli.add_parser(sub)
+    cli_gate.add_commands(sub)  # ab, gate: the regression gate
     return parser
 
 

@@ -74,7 +74,9 @@ class Workers:
     def interpreter(self, backend: str) -> str:
         return self.python.get(backend) or sys.executable
 
-    def spawn(self, backend: str, request: dict[str, Any], stderr: IO[bytes]) -> subprocess.Popen:
+    def spawn(self, backend: str, request: dict[str, Any], stderr: IO[bytes],
+              keep_stdin: bool = False) -> subprocess.Popen:
+        """Start a worker and send it the request; keep_stdin for later commands (op serve)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (self._shim.name, env.get("PYTHONPATH")) if p
@@ -91,7 +93,10 @@ class Workers:
             ) from None
         assert proc.stdin is not None
         proc.stdin.write((json.dumps(request) + "\n").encode())
-        proc.stdin.close()
+        if keep_stdin:
+            proc.stdin.flush()
+        else:
+            proc.stdin.close()
         return proc
 
     @staticmethod
@@ -241,26 +246,30 @@ class Runner:
                                 f"({result.trials}/{self.suite.repetitions} trials done); "
                                 "raise --timeout if the case is just slow")
                 return
-            kind = msg["type"]
-            if kind == "loaded":
-                m = msg["model"]
-                self.store.update_case(case_id, model_desc=m.get("desc"),
-                                       model_size_bytes=m.get("size_bytes"),
-                                       model_n_params=m.get("n_params"),
-                                       load_s=m.get("load_ns", 0) / 1e9)
-            elif kind == "trial":
-                self.store.add_trial(case_id, msg["index"], msg["samples"], msg.get("started_at"))
-                result.trials += 1
-                self.hooks.trial_done(index, msg["index"])
-            elif kind == "done":
-                mem = msg.get("memory", {})
-                result.status = "ok"
-                result.updates = {"peak_rss_bytes": mem.get("peak_rss_bytes"),
-                                  "kv_cache_bytes": mem.get("kv_cache_bytes"), "memory": mem}
-            elif kind == "error":
-                result.status = "error"
-                result.error = msg["message"]
-                result.detail = msg.get("traceback")
+            apply_message(self.store, self.hooks, case_id, index, msg, result)
+
+
+def apply_message(store: Store, hooks: Hooks, case_id: int, index: int, msg: dict[str, Any],
+                  result: _WorkerResult) -> None:
+    """Record one worker message: model facts, a trial (stored at once), the end or an error."""
+    kind = msg["type"]
+    if kind == "loaded":
+        m = msg["model"]
+        store.update_case(case_id, model_desc=m.get("desc"), model_size_bytes=m.get("size_bytes"),
+                          model_n_params=m.get("n_params"), load_s=m.get("load_ns", 0) / 1e9)
+    elif kind == "trial":
+        store.add_trial(case_id, msg["index"], msg["samples"], msg.get("started_at"))
+        result.trials += 1
+        hooks.trial_done(index, msg["index"])
+    elif kind == "done":
+        mem = msg.get("memory", {})
+        result.status = "ok"
+        result.updates = {"peak_rss_bytes": mem.get("peak_rss_bytes"),
+                          "kv_cache_bytes": mem.get("kv_cache_bytes"), "memory": mem}
+    elif kind == "error":
+        result.status = "error"
+        result.error = msg["message"]
+        result.detail = msg.get("traceback")
 
 
 def _describe_exit(returncode: int, trials: int, wanted: int) -> str:

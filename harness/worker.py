@@ -3,8 +3,11 @@
 Started by the runner as `python -m harness.worker` (any interpreter that can import this
 package and the engine). It reads one JSON request on stdin and writes one JSON object per
 line. Messages: `probe` {info}; `loaded` {model}; `trial` {index, samples}; `done` {memory};
-`error` {kind, message}. Engines print to stdout from native code, so the protocol is moved
-to a private file descriptor and fd 1 is pointed at stderr before any engine is imported.
+`error` {kind, message}. Op `run` runs all repetitions at once; op `serve` (A/B runs) sends
+`ready` after the warm-up, then runs one block per `{"op": "trials", "n": N}` line on stdin,
+answering `block_done`, until `{"op": "close"}`: the runner interleaves two such workers.
+Engines print to stdout from native code, so the protocol is moved to a private file
+descriptor and fd 1 is pointed at stderr before any engine is imported.
 Standard library only.
 """
 
@@ -16,6 +19,7 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from typing import IO, Any
 
 from backends.base import EngineMissing, ModelLoadError
@@ -44,7 +48,17 @@ def _peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _stdin_blocks() -> Iterator[int]:
+    """Trial counts of the blocks the runner asks for, until it says close (or hangs up)."""
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] != "trials":
+            return
+        yield int(command["n"])
+
+
 def _run_case(request: dict[str, Any], send: Any) -> None:
+    serve = request["op"] == "serve"
     cls = load_class(request["backend"])
     wl = request["workload"]
     n_prompt, n_gen, n_depth = wl["n_prompt"], wl["n_gen"], wl["n_depth"]
@@ -54,11 +68,20 @@ def _run_case(request: dict[str, Any], send: Any) -> None:
         send("loaded", model=model)
         if request.get("warmup", True):
             backend.warmup(n_prompt, n_gen)
-        for index in range(request["repetitions"]):
-            started = time.time()
-            samples = backend.run_trial(n_prompt, n_gen, n_depth)
-            send("trial", index=index, started_at=started,
-                 samples=[s.to_dict() for s in samples])
+        index = 0
+        if serve:
+            backend.idle()
+            send("ready")
+        for n in _stdin_blocks() if serve else [request["repetitions"]]:
+            for _ in range(n):
+                started = time.time()
+                samples = backend.run_trial(n_prompt, n_gen, n_depth)
+                send("trial", index=index, started_at=started,
+                     samples=[s.to_dict() for s in samples])
+                index += 1
+            if serve:
+                backend.idle()
+                send("block_done", trials=index)
         memory = {"peak_rss_bytes": _peak_rss_bytes(), **backend.memory()}
         send("done", memory=memory)
     finally:

@@ -66,25 +66,31 @@ WRITERS: dict[str, Callable[[Store, str], str]] = {
 }
 
 
-def import_document(store: Store, path: str | Path) -> str:
-    """Insert a run exported as JSON; return its run id. Refuses newer schemas and duplicates."""
+def read_document(path: str | Path) -> dict[str, Any]:
+    """A run document exported as JSON, checked; refuses foreign files and newer schemas."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise TokbenchError(f"import file {path} does not exist") from None
+        raise TokbenchError(f"run file {path} does not exist") from None
     except json.JSONDecodeError as exc:
-        raise TokbenchError(f"import file {path} is not JSON ({exc})") from None
+        raise TokbenchError(f"run file {path} is not JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise TokbenchError(
-            f"import file {path} is not a tokbench run (export one with `tokbench export RUN --format json`)"
+            f"run file {path} is not a tokbench run (export one with `tokbench export RUN --format json`)"
         )
     version = doc.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise TokbenchError(
-            f"import file {path} has schema v{version}, newer than this tokbench reads "
+            f"run file {path} has schema v{version}, newer than this tokbench reads "
             f"(v{SCHEMA_VERSION}): upgrade tokbench"
         )
+    return doc
+
+
+def import_document(store: Store, path: str | Path) -> str:
+    """Insert a run exported as JSON; return its run id. Refuses newer schemas and duplicates."""
+    doc = read_document(path)
     run = doc["run"]
     if any(r["run_id"] == run["run_id"] for r in store.runs()):
         raise TokbenchError(f"run {run['run_id']} is already in {store.path}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: cases.arm (A/B runs)
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ CASE_FIELDS = (
     Field("memory", "TEXT", "all memory figures reported for the case (JSON)"),
     Field("started_at", "REAL", "UNIX time the case started"),
     Field("finished_at", "REAL", "UNIX time the case ended"),
+    Field("arm", "TEXT", "A or B in a `tokbench ab` run (NULL otherwise); the i-th A case pairs "
+                         "with the i-th B case"),
 )
 
 TRIAL_FIELDS = (

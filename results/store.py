@@ -72,11 +72,20 @@ class Store:
             self.db.execute(create_table_sql("runs", RUN_FIELDS))
             self.db.execute(create_table_sql("cases", CASE_FIELDS))
             self.db.execute(create_table_sql("trials", TRIAL_FIELDS))
+            self._add_missing_columns()
             self.db.execute("CREATE INDEX IF NOT EXISTS trials_case ON trials(case_id)")
             self.db.execute("CREATE INDEX IF NOT EXISTS cases_run ON cases(run_id)")
             self.db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+
+    def _add_missing_columns(self) -> None:
+        """Forward migration for fields added since a store was created (nullable columns)."""
+        for table, fields in (("runs", RUN_FIELDS), ("cases", CASE_FIELDS), ("trials", TRIAL_FIELDS)):
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for f in fields:
+                if f.name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {f.name} {f.sql}")
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,170 @@
+"""`tokbench ab` and `tokbench gate`: the CI regression gate's commands.
+
+Exit codes: 0 pass or improved; 1 regression; 2 error (bad input, a failed case); 3 inconclusive
+(only with --strict); 4 not comparable (hard fingerprint fields differ) or no baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from harness.errors import TokbenchError
+from harness.gate_compare import GateReport, compare_arms, compare_runs
+from harness.gate_config import DEFAULT_FILE, load_gate_config
+from harness.models import DEFAULT_MODEL
+from harness.params import PARAMS
+
+AB_REPETITIONS = 10
+EXIT_INTERRUPTED = 130
+
+
+def _document(ref: str, store_path: str | None) -> dict[str, Any]:
+    """A run document from an exported JSON file or a run reference in the store."""
+    from results.export import read_document, run_document
+    from results.store import Store
+
+    path = Path(ref)
+    if path.suffix == ".json" or path.is_file():
+        return read_document(path)
+    store = Store(store_path, create=False)
+    try:
+        return run_document(store, store.resolve_run(ref))
+    finally:
+        store.close()
+
+
+def _baseline(ref: str, store_path: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(document, None), or (None, why there is no baseline). A file that exists but is not a
+    tokbench run is bad input (exit 2), not a missing baseline."""
+    path = Path(ref)
+    if (path.suffix == ".json" or os.sep in ref) and not path.exists():
+        return None, f"no baseline: {ref} does not exist (store one with `tokbench export RUN -o {ref}`)"
+    if path.suffix == ".json" or path.is_file():
+        return _document(ref, store_path), None
+    try:
+        return _document(ref, store_path), None
+    except TokbenchError as exc:
+        return None, f"no baseline: {exc}"
+
+
+def _emit(report: GateReport, args: argparse.Namespace, console: Console) -> int:
+    from reports.gate import to_json, to_junit, to_markdown, to_rich, verdict_text
+
+    console.print(to_rich(report))
+    for line in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
+    for entry in report.entries:
+        if entry.verdict not in ("PASS", "IMPROVED"):
+            console.print(f"{verdict_text(entry)}: {entry.case} {entry.metric.title}: {entry.reason}",
+                          highlight=False, soft_wrap=True, markup=False)
+    outputs = [(args.json_out, to_json), (args.junit, to_junit), (args.markdown, to_markdown)]
+    for target, render in outputs:
+        if target:
+            Path(target).write_text(render(report))
+            console.print(f"wrote {target}", highlight=False)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a") as fh:  # GitHub concatenates what each step appends
+            fh.write(to_markdown(report))
+    console.print(report.summary, highlight=False)
+    return report.exit_code
+
+
+def cmd_gate(args: argparse.Namespace, console: Console) -> int:
+    config = load_gate_config(args.config)
+    current = _document(args.current, args.store)
+    if args.baseline is None:
+        report = compare_arms(current, config, args.strict)
+    else:
+        baseline, missing = _baseline(args.baseline, args.store)
+        report = compare_runs(baseline, current, config, args.strict, missing=missing)
+    return _emit(report, args, console)
+
+
+def cmd_ab(args: argparse.Namespace, console: Console) -> int:
+    from harness.ab import ABRunner, parse_arm
+    from harness.cli import _ProgressHooks, _suite_from_args
+    from results.export import run_document, write_json
+    from results.store import Store
+
+    config = load_gate_config(args.config)
+    arm_a, arm_b = parse_arm("A", args.a), parse_arm("B", args.b)
+    repetitions = args.repetitions if args.repetitions is not None else AB_REPETITIONS
+    if repetitions < config.defaults.min_trials:
+        raise TokbenchError(f"-r/--repetitions {repetitions} is below min_trials "
+                            f"{config.defaults.min_trials} ({config.source}); raise -r")
+    if args.timeout is not None and args.timeout <= 0:
+        raise TokbenchError(f"--timeout must be > 0 seconds (got {args.timeout})")
+    args.repetitions = repetitions
+    suite = _suite_from_args(args)
+    suite.repetitions = repetitions
+    store = Store(args.store)
+    hooks = _ProgressHooks(console)
+    runner = ABRunner(store, suite, arm_a, arm_b, args.block, hooks, measure_bandwidth=not args.no_bandwidth)
+    command = "tokbench " + " ".join(shlex.quote(a) for a in args.argv)
+    try:
+        outcome = runner.run(command)
+    except KeyboardInterrupt:
+        hooks.stop()
+        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+        return EXIT_INTERRUPTED
+    finally:
+        hooks.stop()
+    console.print(f"run {outcome.run_id} stored in {store.path}", highlight=False)
+    if args.output:
+        Path(args.output).write_text(write_json(store, outcome.run_id))
+    for index, label, error in outcome.failed:
+        console.print(f"[red]case {index + 1} ({label}) failed:[/red] {error}", highlight=False)
+    report = compare_arms(run_document(store, outcome.run_id), config, args.strict, (args.a, args.b))
+    return _emit(report, args, console)
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help=f"thresholds file (default ./{DEFAULT_FILE} when present)")
+    parser.add_argument("--strict", action="store_true", help="exit 3 when any verdict is inconclusive")
+    parser.add_argument("--json", dest="json_out", metavar="FILE",
+                        help="write samples, statistics and verdicts")
+    parser.add_argument("--junit", metavar="FILE", help="write JUnit XML (one testcase per case × metric)")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="write the Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
+
+
+def add_commands(sub: Any) -> None:
+    """Register `ab` and `gate` on the tokbench sub-command parser."""
+    ab = sub.add_parser("ab", help="paired A/B comparison, trials interleaved ABBA, with a verdict")
+    ab.add_argument("--a", required=True, metavar="SPEC",
+                    help='arm A: space-separated key=value, e.g. "python=/base/bin/python" or '
+                         '"threads=1" or "model=a.gguf"; "" runs the suite as is')
+    ab.add_argument("--b", required=True, metavar="SPEC", help="arm B, same syntax")
+    ab.add_argument("suite", nargs="?", help="suite TOML file (instead of the grid options)")
+    ab.add_argument("--backend", default="llama.cpp", help="backend(s), comma-separated")
+    ab.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
+    ab.add_argument("-q", "--quants", help="quants filled into {quant} in the model sources")
+    ab.add_argument("-w", "--workloads", default="pp512,tg128", help="workloads, comma-separated")
+    for p in PARAMS.values():
+        ab.add_argument(*p.flags, dest=p.name, help=f"{p.help} (comma list → grid)")
+    ab.add_argument("-r", "--repetitions", type=int, help=f"trials per arm (default {AB_REPETITIONS})")
+    ab.add_argument("--block", type=int, default=1, help="trials per block (default 1: A B B A …)")
+    ab.add_argument("--timeout", type=float, help="seconds per worker step (load, block)")
+    ab.add_argument("--no-warmup", action="store_true", help="skip the warm-up trial")
+    ab.add_argument("--seed", type=int, default=42, help="seed for the random prompt tokens")
+    ab.add_argument("--python", help="default worker interpreter of both arms")
+    ab.add_argument("--no-bandwidth", action="store_true", help="skip the memory-bandwidth probe")
+    ab.add_argument("-o", "--output", help="also write the run as JSON to this file")
+    _add_outputs(ab)
+    ab.set_defaults(func=cmd_ab)
+
+    gate = sub.add_parser("gate", help="verdicts of a run against a stored baseline")
+    gate.add_argument("--baseline", help="baseline: run id/prefix/last~N or an exported run .json "
+                                         "(omit to compare the arms of an `ab` run)")
+    gate.add_argument("--current", default="last", help="current run (default last) or .json file")
+    _add_outputs(gate)
+    gate.set_defaults(func=cmd_gate)
+

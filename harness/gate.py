@@ -1,0 +1,187 @@
+"""Regression-gate statistics: one pure verdict from two samples of per-trial figures.
+
+The statistic is the speed ratio of medians (current ÷ baseline for rates, baseline ÷ current
+for latencies, so below 1 always means slower), with a seeded percentile-bootstrap interval,
+and a one-sided Mann-Whitney U test. Rules, in order:
+
+1. INCONCLUSIVE when either arm has fewer than `min_trials` trials, or when either arm's robust
+   CV (1.4826·MAD / median: the stddev a normal sample with that MAD would have, relative to
+   the median; outliers barely move it) exceeds `max_cv`.
+2. The effective threshold is max(fail, noise floor); the noise floor is the larger robust CV
+   of the two arms, i.e. one typical trial-to-trial deviation. A change smaller than that is
+   never called, however many trials make it "significant": it guards against between-job
+   drift, which the within-run interval cannot see.
+3. REGRESSION when the whole interval is below 1 − threshold and U says "slower" (p < alpha);
+   INCONCLUSIVE when the interval straddles 1 − threshold (or U disagrees), or reaches below
+   1 − fail without being wholly below 1 − threshold (a change within the noise floor);
+   IMPROVED when the whole interval is above 1 + threshold and U says "faster";
+   PASS otherwise, with a warning when the median ratio is below 1 − warn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+REGRESSION, IMPROVED, PASS, INCONCLUSIVE = "REGRESSION", "IMPROVED", "PASS", "INCONCLUSIVE"
+# No statistics: a failed case; a case with no baseline case; runs whose fingerprints differ.
+ERROR, NO_BASELINE, NOT_COMPARABLE = "ERROR", "NO BASELINE", "NOT COMPARABLE"
+
+#: One cell of the statistic: a robust, resampling-based interval needs a few thousand draws.
+N_RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A gated figure, computed per trial from one stored phase sample."""
+
+    key: str
+    phase: str
+    title: str
+    unit: str
+    higher_is_better: bool
+
+    def value(self, n_tokens: int, duration_ns: int) -> float:
+        return n_tokens / (duration_ns / 1e9) if self.higher_is_better else duration_ns / 1e6
+
+
+#: Gated metrics, by the trial phase they come from. The serving latencies apply to trials that
+#: store per-request phases under these names (a serving backend); they are skipped when absent.
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    Metric("prefill", "pp", "prefill tok/s", "tok/s", True),
+    Metric("decode", "tg", "decode tok/s", "tok/s", True),
+    Metric("ttft", "ttft", "TTFT", "ms", False),
+    Metric("tpot", "tpot", "TPOT", "ms", False),
+    Metric("itl", "itl", "ITL", "ms", False),
+    Metric("e2el", "e2el", "E2EL", "ms", False),
+)}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits for one case × metric (fractions: 0.05 is 5%)."""
+
+    fail: float = 0.05
+    warn: float = 0.02
+    max_cv: float = 0.10
+    min_trials: int = 6
+    alpha: float = 0.05
+    confidence: float = 0.95
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The statistics and verdict of current against baseline for one case × metric."""
+
+    verdict: str
+    reason: str
+    n_baseline: int
+    n_current: int
+    median_baseline: float
+    median_current: float
+    cv_baseline: float  # robust CV
+    cv_current: float
+    ratio: float  # speed ratio of medians: < 1 is slower
+    ci_low: float
+    ci_high: float
+    p_slower: float  # one-sided Mann-Whitney U: current slower than baseline
+    p_faster: float
+    noise_floor: float
+    threshold: float  # max(fail, noise floor)
+    warn: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def as_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in out.items()}
+
+
+def robust_cv(values: Sequence[float]) -> float:
+    """1.4826·MAD / median (NaN for fewer than two values)."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return math.nan
+    median = float(np.median(x))
+    return float(sps.median_abs_deviation(x, scale="normal")) / median if median else math.nan
+
+
+def _speed_ratio(higher_is_better: bool) -> Callable[..., np.ndarray]:
+    """The statistic, in scipy's vectorized form."""
+
+    def statistic(base: np.ndarray, cur: np.ndarray, axis: int = -1) -> np.ndarray:
+        b, c = np.median(base, axis=axis), np.median(cur, axis=axis)
+        return c / b if higher_is_better else b / c
+    return statistic
+
+
+def _interval(base: np.ndarray, cur: np.ndarray, higher_is_better: bool, confidence: float,
+              seed: int) -> tuple[float, float]:
+    if np.ptp(base) == 0 and np.ptp(cur) == 0:
+        ratio = float(_speed_ratio(higher_is_better)(base, cur))
+        return ratio, ratio
+    res = sps.bootstrap(
+        (base, cur), _speed_ratio(higher_is_better), paired=False, vectorized=True,
+        confidence_level=confidence, n_resamples=N_RESAMPLES, method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thresholds | None = None,
+            higher_is_better: bool = True, seed: int = 0) -> Comparison:
+    """The verdict for one case × metric; the same inputs always give the same verdict."""
+    th = thresholds or Thresholds()
+    base = np.asarray(baseline, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    nan = math.nan
+    n_b, n_c = int(base.size), int(cur.size)
+    med_b = float(np.median(base)) if n_b else nan
+    med_c = float(np.median(cur)) if n_c else nan
+    cv_b, cv_c = robust_cv(base), robust_cv(cur)
+    ratio = ci_low = ci_high = p_slower = p_faster = nan
+    if n_b and n_c:
+        ratio = float(_speed_ratio(higher_is_better)(base, cur))
+    if n_b >= 2 and n_c >= 2:
+        ci_low, ci_high = _interval(base, cur, higher_is_better, th.confidence, seed)
+        slower, faster = ("less", "greater") if higher_is_better else ("greater", "less")
+        p_slower = float(sps.mannwhitneyu(cur, base, alternative=slower).pvalue)
+        p_faster = float(sps.mannwhitneyu(cur, base, alternative=faster).pvalue)
+    floor = max(cv_b, cv_c) if not (math.isnan(cv_b) or math.isnan(cv_c)) else nan
+    threshold = max(th.fail, floor) if not math.isnan(floor) else th.fail
+
+    def verdict(v: str, reason: str, warn: bool = False) -> Comparison:
+        return Comparison(v, reason, n_b, n_c, med_b, med_c, cv_b, cv_c, ratio, ci_low, ci_high,
+                          p_slower, p_faster, floor, threshold, warn, th)
+
+    if min(n_b, n_c) < th.min_trials:
+        return verdict(INCONCLUSIVE, f"too few trials ({n_b} baseline, {n_c} current; "
+                                     f"need {th.min_trials} each)")
+    noisy = max(cv_b, cv_c)
+    if math.isnan(noisy) or noisy > th.max_cv:
+        which = "baseline" if cv_b >= cv_c else "current"
+        return verdict(INCONCLUSIVE, f"too noisy: {which} robust CV {noisy:.1%} > {th.max_cv:.1%}")
+    low_line, high_line = 1 - threshold, 1 + threshold
+    shown = f"[{ci_low:.3f}, {ci_high:.3f}]"
+    if ci_high < low_line:
+        if p_slower < th.alpha:
+            return verdict(REGRESSION, f"{1 - ratio:.1%} slower: interval {shown} is below "
+                                       f"{low_line:.3f} (threshold {threshold:.1%}), U p={p_slower:.2g}")
+        return verdict(INCONCLUSIVE, f"interval {shown} is below {low_line:.3f} but the U test "
+                                     f"disagrees (p={p_slower:.2g} ≥ {th.alpha:g})")
+    if ci_low < low_line:
+        return verdict(INCONCLUSIVE, f"interval {shown} straddles the −{threshold:.1%} threshold")
+    if ci_low < 1 - th.fail:
+        return verdict(INCONCLUSIVE, f"interval {shown} reaches below −{th.fail:.1%} but not beyond "
+                                     f"the noise floor (−{threshold:.1%})")
+    if ci_low > high_line and p_faster < th.alpha:
+        return verdict(IMPROVED, f"{ratio - 1:.1%} faster: interval {shown} is above {high_line:.3f}")
+    warn = ratio < 1 - th.warn
+    note = f"; median {1 - ratio:.1%} slower (warn at {th.warn:.1%})" if warn else ""
+    return verdict(PASS, f"interval {shown} within −{threshold:.1%}{note}", warn)

@@ -1,0 +1,274 @@
+"""Stored runs → gate verdicts: case matching, fingerprint checks, accepted regressions.
+
+Reads run documents (results.export.run_document, or a run exported as JSON) and never runs an
+engine. Two entry points: `compare_runs` (a current run against a stored baseline run) and
+`compare_arms` (the B arm of a `tokbench ab` run against its A arm).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import TokbenchError
+from harness.gate import (
+    ERROR,
+    INCONCLUSIVE,
+    METRICS,
+    NO_BASELINE,
+    NOT_COMPARABLE,
+    REGRESSION,
+    Comparison,
+    Metric,
+    Thresholds,
+    compare,
+)
+from harness.gate_config import Acceptance, GateConfig
+
+EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_NOT_COMPARABLE = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Entry:
+    """One case × metric: raw samples, statistics, thresholds and verdict."""
+
+    case: str
+    metric: Metric
+    baseline: list[float]
+    current: list[float]
+    thresholds: Thresholds
+    verdict: str
+    reason: str
+    comparison: Comparison | None = None
+    accepted: Acceptance | None = None
+    expired: Acceptance | None = None
+
+    @property
+    def blocking(self) -> bool:
+        """A regression that fails the gate (not covered by an unexpired acceptance)."""
+        return self.verdict == REGRESSION and self.accepted is None
+
+
+@dataclass
+class GateReport:
+    mode: str  # "gate" or "ab"
+    baseline: dict[str, Any]  # run id, command, git commit, arm spec
+    current: dict[str, Any]
+    entries: list[Entry] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    not_comparable: str | None = None
+    strict: bool = False
+    config: str = "built-in defaults"
+
+    @property
+    def exit_code(self) -> int:
+        """4 not comparable; 1 a blocking regression; 2 an error; 3 inconclusive (with --strict)."""
+        verdicts = [e.verdict for e in self.entries]
+        if self.not_comparable or not verdicts or all(v == NO_BASELINE for v in verdicts):
+            return EXIT_NOT_COMPARABLE
+        if any(e.blocking for e in self.entries):
+            return EXIT_REGRESSION
+        if ERROR in verdicts:
+            return EXIT_ERROR
+        if self.strict and any(v in (INCONCLUSIVE, NO_BASELINE) for v in verdicts):
+            return EXIT_INCONCLUSIVE
+        return EXIT_PASS
+
+    @property
+    def summary(self) -> str:
+        """One line: the outcome and the verdict counts."""
+        if self.not_comparable:
+            return f"NOT COMPARABLE: {self.not_comparable}"
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            name = f"{e.verdict} (accepted)" if e.accepted else e.verdict
+            counts[name] = counts.get(name, 0) + 1
+        outcome = {EXIT_PASS: "pass", EXIT_REGRESSION: "REGRESSION", EXIT_ERROR: "ERROR",
+                   EXIT_INCONCLUSIVE: "INCONCLUSIVE", EXIT_NOT_COMPARABLE: "NOT COMPARABLE"}
+        parts = ", ".join(f"{n} {v.lower()}" for v, n in counts.items())
+        return f"{outcome[self.exit_code]} (exit {self.exit_code}): {parts or 'nothing compared'}"
+
+
+# -- cases ------------------------------------------------------------------------------------
+def _case_parts(case: dict[str, Any]) -> dict[str, str]:
+    """Label parts: backend, model file name, workload, threads and non-default parameters."""
+    from backends.registry import load_class, spec_for
+
+    try:
+        defaults = load_class(spec_for(case["backend"])).defaults
+    except TokbenchError:
+        defaults = {}
+    parts = {"backend": case["backend"], "model": Path(case["model"]).name,
+             "workload": case["workload"]}
+    for key, value in (case.get("params") or {}).items():
+        if key == "threads" or defaults.get(key, object()) != value:
+            parts[key] = f"{key}={value}"
+    return parts
+
+
+def case_label(case: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    """A case's label, which [[override]] and [[accepted]] globs match; for an A/B pair, parts
+    that differ read `A→B` (threads=1→2)."""
+    mine = _case_parts(case)
+    if other is None:
+        return " ".join(mine.values())
+    theirs = _case_parts(other)
+    out = []
+    for key in dict.fromkeys([*mine, *theirs]):
+        a, b = mine.get(key, "–"), theirs.get(key, "–")
+        if a == b:
+            out.append(a)
+        elif a.startswith(f"{key}=") and b.startswith(f"{key}="):
+            out.append(f"{a}→{b.removeprefix(key + '=')}")
+        else:
+            out.append(f"{a}→{b}")
+    return " ".join(out)
+
+
+def _key(case: dict[str, Any]) -> tuple[Any, ...]:
+    """What must be equal for two cases to be compared (the arm of an A/B run included)."""
+    return (case["backend"], case.get("model_id") or case["model"], case["workload"],
+            json.dumps(case.get("params") or {}, sort_keys=True), case.get("arm"))
+
+
+def _values(case: dict[str, Any], metric: Metric) -> list[float]:
+    return [metric.value(t["n_tokens"], t["duration_ns"]) for t in case.get("trials", [])
+            if t["phase"] == metric.phase and t["duration_ns"] > 0]
+
+
+def _metrics(case: dict[str, Any]) -> list[Metric]:
+    """Metrics the case's workload times, plus any serving phase its trials carry."""
+    phases = {"pp": case["n_prompt"] > 0, "tg": case["n_gen"] > 0}
+    present = {t["phase"] for t in case.get("trials", [])}
+    return [m for m in METRICS.values() if phases.get(m.phase, m.phase in present)]
+
+
+def _entries(label: str, base: dict[str, Any] | None, cur: dict[str, Any], config: GateConfig,
+             today: dt.date) -> list[Entry]:
+    out = []
+    for metric in _metrics(cur):
+        th = config.thresholds(label, metric.key)
+        cur_values = _values(cur, metric)
+        if base is None:
+            out.append(Entry(label, metric, [], cur_values, th, NO_BASELINE,
+                             "no baseline case with the same backend, model, workload and parameters"))
+            continue
+        base_values = _values(base, metric)
+        failed = [(who, c) for who, c in (("baseline", base), ("current", cur)) if c["status"] != "ok"]
+        if failed:
+            who, c = failed[0]
+            out.append(Entry(label, metric, base_values, cur_values, th, ERROR,
+                             f"{who} case {c['status']}: {c.get('error') or 'no result'}"))
+            continue
+        result = compare(base_values, cur_values, th, metric.higher_is_better)
+        entry = Entry(label, metric, base_values, cur_values, th, result.verdict, result.reason, result)
+        if result.verdict == REGRESSION:
+            entry.accepted, entry.expired = config.acceptance(label, metric.key, today)
+        out.append(entry)
+    return out
+
+
+# -- fingerprints --------------------------------------------------------------------------------
+def _differences(base: dict[str, Any], cur: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in dict.fromkeys([*base, *cur]):
+        a, b = base.get(key), cur.get(key)
+        if key == "engines" and isinstance(a, dict) and isinstance(b, dict):
+            for name in a.keys() & b.keys():
+                for field_name in dict.fromkeys([*a[name], *b[name]]):
+                    x, y = a[name].get(field_name), b[name].get(field_name)
+                    if x != y:
+                        diffs.append(f"{name} {field_name}: {x!r} vs {y!r}")
+        elif a != b:
+            diffs.append(f"{key}: {a!r} vs {b!r}")
+    return diffs
+
+
+def check_fingerprints(baseline: dict[str, Any], current: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(why not comparable, or None; soft-field warnings)."""
+    fb, fc = baseline["run"].get("fingerprint"), current["run"].get("fingerprint")
+    if not fb or not fc:
+        which = "baseline" if not fb else "current"
+        return f"the {which} run has no fingerprint; re-run it with this tokbench", []
+    hard = _differences(fb.get("hard", {}), fc.get("hard", {}))
+    if hard:
+        return "hard fingerprint fields differ (baseline vs current): " + "; ".join(hard), []
+    return None, [f"soft fingerprint field differs, {d}" for d in _differences(fb.get("soft", {}),
+                                                                            fc.get("soft", {}))]
+
+
+# -- entry points ----------------------------------------------------------------------------------
+def _run_info(doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    run = doc["run"]
+    return {"run_id": run["run_id"], "command": run.get("command"), "git_commit": run.get("git_commit"),
+            **extra}
+
+
+def compare_runs(baseline: dict[str, Any] | None, current: dict[str, Any], config: GateConfig,
+                 strict: bool = False, today: dt.date | None = None,
+                 missing: str | None = None) -> GateReport:
+    """Every case of the current run against the baseline case with the same key. Without a
+    baseline (`missing` says why) every entry is NOT COMPARABLE, so reports still list them."""
+    today = today or dt.date.today()
+    report = GateReport("gate", _run_info(baseline) if baseline else {"run_id": None},
+                        _run_info(current), strict=strict, config=config.source)
+    if baseline is None:
+        report.not_comparable = missing or "no baseline"
+    else:
+        report.not_comparable, report.warnings = check_fingerprints(baseline, current)
+    index = {_key(c): c for c in baseline["cases"]} if baseline else {}
+    for case in current["cases"]:
+        label = case_label(case)
+        if report.not_comparable:
+            report.entries += [Entry(label, m, [], _values(case, m), config.thresholds(label, m.key),
+                                     NOT_COMPARABLE, report.not_comparable) for m in _metrics(case)]
+            continue
+        report.entries += _entries(label, index.get(_key(case)), case, config, today)
+    unmatched = len([e for e in report.entries if e.verdict == NO_BASELINE])
+    if unmatched and not report.not_comparable:
+        report.warnings.append(f"{unmatched} case × metric(s) have no baseline; refresh the baseline "
+                               "if the suite changed")
+    _expiry_warnings(report)
+    return report
+
+
+def compare_arms(run: dict[str, Any], config: GateConfig, strict: bool = False,
+                 arms: tuple[str, str] | None = None, today: dt.date | None = None) -> GateReport:
+    """Arm B of an A/B run against arm A: the i-th B case against the i-th A case."""
+    today = today or dt.date.today()
+    a_cases = [c for c in run["cases"] if c.get("arm") == "A"]
+    b_cases = [c for c in run["cases"] if c.get("arm") == "B"]
+    spec = arms or _arm_specs(run)
+    report = GateReport("ab", _run_info(run, arm="A", spec=spec[0]), _run_info(run, arm="B", spec=spec[1]),
+                        strict=strict, config=config.source)
+    if not a_cases or len(a_cases) != len(b_cases):
+        report.not_comparable = (f"run {run['run']['run_id']} is not an A/B run (cases with arm A and B); "
+                                 "give --baseline")
+        return report
+    for a, b in zip(a_cases, b_cases, strict=True):
+        report.entries += _entries(case_label(a, b), a, b, config, today)
+    _expiry_warnings(report)
+    return report
+
+
+def _arm_specs(run: dict[str, Any]) -> tuple[str, str]:
+    """The arm specs, recovered from the stored `tokbench ab` command line when possible."""
+    import shlex
+
+    words = shlex.split(run["run"].get("command") or "")
+    found = {}
+    for flag in ("--a", "--b"):
+        if flag in words and words.index(flag) + 1 < len(words):
+            found[flag] = words[words.index(flag) + 1]
+    return found.get("--a", "A"), found.get("--b", "B")
+
+
+def _expiry_warnings(report: GateReport) -> None:
+    for e in report.entries:
+        if e.expired:
+            report.warnings.append(
+                f"accepted regression for {e.case} {e.metric.key} expired on "
+                f"{e.expired.expires.isoformat()} ({e.expired.reason}); it fails the gate again")

@@ -1,0 +1,80 @@
+"""`tokbench ab`: arm specs, the ABBA order, and a real llama.cpp A/B with two thread counts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import results
+from harness.ab import abba, pairs, parse_arm
+from harness.cli import main
+from harness.errors import TokbenchError
+from harness.suite import Suite, expand
+from harness.workloads import parse_workload
+
+
+def test_abba_order_balances_the_arms() -> None:
+    assert "".join(abba(5)) == "ABBAABBAAB"
+    for n in range(1, 12):
+        order = abba(n)
+        assert order.count("A") == order.count("B") == n
+
+
+def test_arm_specs() -> None:
+    arm = parse_arm("B", f"python={sys.executable} threads=2 n-batch=512 model=other.gguf")
+    assert arm.python == sys.executable and arm.model == "other.gguf"
+    assert dict(arm.params) == {"threads": 2, "n_batch": 512}
+    assert parse_arm("A", "").params == ()
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("threads", "'threads' is not key=value"),
+    ("thread=2", "unknown key 'thread' (did you mean 'threads'?)"),
+    ("threads=0", "threads must be ≥ 1"),
+    ("threads=1 threads=2", "threads is given twice"),
+    ("python=/no/such/python", "interpreter /no/such/python does not exist"),
+    ('model="unclosed', "No closing quotation"),
+])
+def test_bad_arm_specs_are_one_line_errors(spec: str, message: str) -> None:
+    with pytest.raises(TokbenchError) as info:
+        parse_arm("A", spec)
+    assert message in str(info.value) and str(info.value).startswith(f"--a {spec!r}")
+
+
+def test_arms_apply_to_every_case_and_duplicates_collapse() -> None:
+    cases = expand(["llama.cpp"], ["m.gguf"], [parse_workload("pp64"), parse_workload("tg16")],
+                   {"threads": [1, 2]}, "test")
+    got = pairs(Suite(cases), parse_arm("A", "threads=1"), parse_arm("B", "threads=2 model=n.gguf"))
+    assert [(a.param_dict["threads"], b.param_dict["threads"], b.model, a.workload.name) for a, b in got] == [
+        (1, 2, "n.gguf", "pp64"), (1, 2, "n.gguf", "tg16")]
+
+
+def test_ab_refuses_fewer_trials_than_the_gate_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ab", "--a", "threads=1", "--b", "threads=2", "-r", "3"]) == 2
+    assert "-r/--repetitions 3 is below min_trials 6" in capsys.readouterr().err
+
+
+@pytest.mark.engine
+def test_real_ab_with_two_thread_counts(store_path: Path, tmp_path: Path, tiny_gguf: Path) -> None:
+    out = tmp_path / "ab.json"
+    rc = main(["--store", str(store_path), "ab", "--a", "threads=1", "--b", "threads=2", "-m", str(tiny_gguf),
+               "-w", "pp64+tg16", "-r", "6", "--no-bandwidth", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == doc["exit_code"] and rc in (0, 1, 3)  # a verdict, whichever way the noise fell
+    assert [(e["metric"], len(e["samples"]["baseline"]), len(e["samples"]["current"]))
+            for e in doc["entries"]] == [("prefill", 6, 6), ("decode", 6, 6)]
+    assert all(e["verdict"] in ("PASS", "IMPROVED", "REGRESSION", "INCONCLUSIVE") for e in doc["entries"])
+    assert doc["entries"][0]["case"].endswith("pp64+tg16 threads=1→2")
+
+    cases = results.load(store=store_path)
+    assert set(cases["arm"]) == {"A", "B"} and (cases["status"] == "ok").all()
+    trials = results.load(level="trials", store=store_path)
+    trials = trials[trials["phase"] == "pp"].merge(
+        pd.DataFrame(results.Store(store_path).cases(doc["current"]["run_id"]))[["case_id", "arm"]])
+    order = "".join(trials.sort_values("started_at")["arm"])
+    assert order == "ABBAABBAABBA"  # trials interleaved in ABBA blocks, as stored
+    assert set(cases["param_threads"]) == {1, 2}
