@@ -115,8 +115,9 @@ class _Saboteur(Hooks):
 
 
 def test_crashed_hung_and_killed_workers_become_error_records(gemma_path: Path, store_path: Path) -> None:
-    cases = expand(["llama.cpp"], [GEMMA], [parse_workload("tg24")], {"threads": [2]}, "test") * 5
-    suite = Suite(cases, repetitions=3, timeout_s=25)
+    cases = expand(["llama.cpp"], [GEMMA], [parse_workload("tg12")], {"threads": [2]}, "test") * 5
+    # a generous timeout: the healthy cases must finish even on a loaded 2-core runner
+    suite = Suite(cases, repetitions=3, timeout_s=40)
     plan = {1: signal.SIGSEGV, 2: signal.SIGSTOP, 3: signal.SIGKILL}
     store = Store(store_path)
     outcome = Runner(store, suite, _Saboteur(plan), measure_bandwidth=False).run("test")
@@ -124,7 +125,7 @@ def test_crashed_hung_and_killed_workers_become_error_records(gemma_path: Path, 
     rows = store.cases(outcome.run_id)
     assert [r["status"] for r in rows] == ["ok", "error", "error", "error", "ok"]
     assert "killed by SIGSEGV after 1/3 trials" in rows[1]["error"]
-    assert "timed out after 25 s (1/3 trials done)" in rows[2]["error"]
+    assert "timed out after 40 s (1/3 trials done)" in rows[2]["error"]
     assert "killed by SIGKILL (likely out of memory)" in rows[3]["error"]
     trials = pd.DataFrame(store.trials(outcome.run_id))
     per_case = trials.groupby("case_id").size().tolist()
