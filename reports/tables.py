@@ -64,6 +64,8 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
         "params": cases["model_n_params"].map(_count),
         "backend": cases["backend"],
     })
+    if "arm" in cases and cases["arm"].notna().any():  # a `tokbench ab` run
+        out["arm"] = cases["arm"]
     for name in params:
         out[name] = cases[f"param_{name}"]
     out["test"] = [f"{t} ({w})" if "+" in w else t

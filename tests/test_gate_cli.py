@@ -272,3 +272,11 @@ def test_old_stores_gain_the_arm_column(tmp_path: Path) -> None:
     db.close()
     write_run(path, "r", 1.0, [case(arm="A")])
     assert Store(path).cases("r")[0]["arm"] == "A"
+
+
+def test_show_lists_the_arms_of_an_ab_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ab.db"
+    write_run(path, "ab-run", 1.0, [case(arm="A", threads=1), case(arm="B", threads=2)])
+    assert main(["--store", str(path), "export", "ab-run", "--format", "md"]) == 0
+    header, _, *body = capsys.readouterr().out.splitlines()
+    assert "| arm |" in header and [line.split(" | ")[4] for line in body] == ["A", "A", "B", "B"]
