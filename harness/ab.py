@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
-import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,7 +23,6 @@ from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-import harness
 from backends.registry import spec_for
 from harness import hardware, models
 from harness.errors import TokbenchError
@@ -36,12 +33,13 @@ from harness.runner import (
     RunOutcome,
     Workers,
     _describe_exit,
-    _git_commit,
     _WorkerResult,
+    add_pending_case,
     apply_message,
+    start_run,
 )
 from harness.suite import Case, Suite
-from results.store import Store, new_run_id
+from results.store import Store
 
 ARM_KEYS = ("python", "model", *PARAMS)
 
@@ -234,26 +232,11 @@ class ABRunner:
         resolved = {m: models.resolve(m) for m in dict.fromkeys(c.model for c in cases)}
         engines, profile_engines = self._engines()
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=profile_engines)
-        run_id = new_run_id()
-        self.store.add_run(
-            run_id=run_id, started_at=time.time(), status="running", command=command,
-            runner_pid=os.getpid(), host=socket.gethostname(),
-            tokbench_version=harness.__version__, git_commit=_git_commit(),
-            profile=profile, fingerprint=hardware.fingerprint(profile),
-        )
-        case_ids = []
-        for index, case in enumerate(cases):
-            arm = "AB"[index % 2]
-            model = resolved[case.model]
-            case_ids.append(self.store.add_case(
-                run_id=run_id, case_index=index, backend=case.backend, model=case.model,
-                model_path=str(model.path), model_id=model.model_id, quant=model.quant,
-                model_file_bytes=model.file_bytes, workload=case.workload.name,
-                n_prompt=case.workload.n_prompt, n_gen=case.workload.n_gen,
-                n_depth=case.workload.n_depth, params=case.param_dict,
-                repetitions=suite.repetitions, status="pending", engine=engines[arm, case.backend],
-                arm=arm,
-            ))
+        run_id = start_run(self.store, command, profile)
+        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[case.model],
+                                     suite.repetitions, engines["AB"[index % 2], case.backend],
+                                     arm="AB"[index % 2])
+                    for index, case in enumerate(cases)]
         self.hooks.run_started(run_id, len(cases))
         outcome = RunOutcome(run_id, "complete")
         try:

@@ -97,6 +97,19 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
                  args.timeout or DEFAULT_TIMEOUT_S, not args.no_warmup, args.seed, python)
 
 
+def run_with_progress(runner: Any, hooks: _ProgressHooks, console: Console,
+                      argv: list[str]) -> Any:
+    """Run with the progress bar; None when interrupted (finished trials stay stored)."""
+    command = "tokbench " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        return runner.run(command)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+        return None
+    finally:
+        hooks.stop()
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from reports.tables import summary_table, to_rich
     from results.export import write_json
@@ -109,16 +122,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     suite = _suite_from_args(args)
     store = _store(args)
     hooks = _ProgressHooks(console)
-    runner = Runner(store, suite, hooks, measure_bandwidth=not args.no_bandwidth)
-    command = "tokbench " + " ".join(shlex.quote(a) for a in args.argv)
-    try:
-        outcome = runner.run(command)
-    except KeyboardInterrupt:
-        hooks.stop()
-        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+    outcome = run_with_progress(Runner(store, suite, hooks, measure_bandwidth=not args.no_bandwidth),
+                                hooks, console, args.argv)
+    if outcome is None:
         return EXIT_INTERRUPTED
-    finally:
-        hooks.stop()
     table = summary_table(cases_frame(store, outcome.run_id))
     console.print(to_rich(table, title=f"run {outcome.run_id}"))
     console.print(f"stored in {store.path}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_ab(args: argparse.Namespace, console: Console) -> int:
     from harness.ab import ABRunner, parse_arm
-    from harness.cli import _ProgressHooks, _suite_from_args
+    from harness.cli import _ProgressHooks, _suite_from_args, run_with_progress
     from results.export import run_document, write_json
     from results.store import Store
 
@@ -108,15 +107,9 @@ def cmd_ab(args: argparse.Namespace, console: Console) -> int:
     store = Store(args.store)
     hooks = _ProgressHooks(console)
     runner = ABRunner(store, suite, arm_a, arm_b, args.block, hooks, measure_bandwidth=not args.no_bandwidth)
-    command = "tokbench " + " ".join(shlex.quote(a) for a in args.argv)
-    try:
-        outcome = runner.run(command)
-    except KeyboardInterrupt:
-        hooks.stop()
-        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+    outcome = run_with_progress(runner, hooks, console, args.argv)
+    if outcome is None:
         return EXIT_INTERRUPTED
-    finally:
-        hooks.stop()
     console.print(f"run {outcome.run_id} stored in {store.path}", highlight=False)
     if args.output:
         Path(args.output).write_text(write_json(store, outcome.run_id))

@@ -9,20 +9,14 @@ reported, but does not fail the gate until its date passes; then it is reported 
 from __future__ import annotations
 
 import datetime as dt
-import difflib
 import fnmatch
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from harness.errors import TokbenchError
 from harness.gate import METRICS, Thresholds
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from harness.toml_files import check_keys, read_toml
 
 DEFAULT_FILE = "tokbench-gate.toml"
 _LIMITS = {f.name for f in fields(Thresholds)}
@@ -77,12 +71,6 @@ class GateConfig:
         active = next((a for a in found if a.expires >= today), None)
         expired = next((a for a in found if a.expires < today), None)
         return active, None if active else expired
-
-
-def _unknown(key: str, allowed: set[str], where: str) -> TokbenchError:
-    hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-    return TokbenchError(f"{where}: unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; allowed: {', '.join(sorted(allowed))}")
 
 
 def _fraction(value: Any, key: str, where: str) -> float:
@@ -146,31 +134,20 @@ def load_gate_config(path: str | Path | None) -> GateConfig:
             return GateConfig()
         path = DEFAULT_FILE
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise TokbenchError(f"gate file {path} does not exist; fix --config or create it") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TokbenchError(f"gate file {path} is not valid TOML: {exc}") from None
-    for key in doc:
-        if key not in _TOP_KEYS:
-            raise _unknown(key, _TOP_KEYS, str(path))
+    doc = read_toml(path, "gate file", "; fix --config or create it")
+    check_keys(doc, _TOP_KEYS, str(path))
     defaults = replace(Thresholds(), **_limits(doc, str(path)))
     if defaults.warn > defaults.fail:
         raise TokbenchError(f"{path}: warn ({defaults.warn:.1%}) must not exceed fail ({defaults.fail:.1%})")
     overrides = []
     for i, table in enumerate(doc.get("override", []), start=1):
         where = f"{path} [[override]] #{i}"
-        for key in table:
-            if key not in _OVERRIDE_KEYS:
-                raise _unknown(key, _OVERRIDE_KEYS, where)
+        check_keys(table, _OVERRIDE_KEYS, where)
         overrides.append(_Override(_case(table, where), _metric(table, where), _limits(table, where)))
     accepted = []
     for i, table in enumerate(doc.get("accepted", []), start=1):
         where = f"{path} [[accepted]] #{i}"
-        for key in table:
-            if key not in _ACCEPTED_KEYS:
-                raise _unknown(key, _ACCEPTED_KEYS, where)
+        check_keys(table, _ACCEPTED_KEYS, where)
         reason = table.get("reason")
         if not isinstance(reason, str) or not reason.strip():
             raise TokbenchError(f'{where}: add reason = "why this regression is accepted"')

@@ -162,24 +162,10 @@ class Runner:
         resolved = {m: models.resolve(m) for m in dict.fromkeys(c.model for c in suite.cases)}
         engines = {b: self.workers.probe(b) for b in dict.fromkeys(c.backend for c in suite.cases)}
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=engines)
-        run_id = new_run_id()
-        self.store.add_run(
-            run_id=run_id, started_at=time.time(), status="running", command=command,
-            runner_pid=os.getpid(), host=socket.gethostname(),
-            tokbench_version=harness.__version__, git_commit=_git_commit(),
-            profile=profile, fingerprint=hardware.fingerprint(profile),
-        )
-        case_ids = []
-        for index, case in enumerate(suite.cases):
-            model = resolved[case.model]
-            case_ids.append(self.store.add_case(
-                run_id=run_id, case_index=index, backend=case.backend, model=case.model,
-                model_path=str(model.path), model_id=model.model_id, quant=model.quant,
-                model_file_bytes=model.file_bytes, workload=case.workload.name,
-                n_prompt=case.workload.n_prompt, n_gen=case.workload.n_gen,
-                n_depth=case.workload.n_depth, params=case.param_dict,
-                repetitions=suite.repetitions, status="pending", engine=engines[case.backend],
-            ))
+        run_id = start_run(self.store, command, profile)
+        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[case.model],
+                                     suite.repetitions, engines[case.backend])
+                    for index, case in enumerate(suite.cases)]
         self.hooks.run_started(run_id, len(suite.cases))
         outcome = RunOutcome(run_id, "complete")
         try:
@@ -279,6 +265,31 @@ def _describe_exit(returncode: int, trials: int, wanted: int) -> str:
         hint = " (likely out of memory)" if sig == "SIGKILL" else ""
         return f"worker killed by {sig}{hint} {done}"
     return f"worker exited with code {returncode} without a result {done}"
+
+
+def start_run(store: Store, command: str, profile: dict[str, Any]) -> str:
+    """Record a new run (with the runner's pid, so a killed run shows as incomplete)."""
+    run_id = new_run_id()
+    store.add_run(
+        run_id=run_id, started_at=time.time(), status="running", command=command,
+        runner_pid=os.getpid(), host=socket.gethostname(),
+        tokbench_version=harness.__version__, git_commit=_git_commit(),
+        profile=profile, fingerprint=hardware.fingerprint(profile),
+    )
+    return run_id
+
+
+def add_pending_case(store: Store, run_id: str, index: int, case: Case, model: models.ResolvedModel,
+                     repetitions: int, engine: dict[str, Any], **extra: Any) -> int:
+    """Record a case before it runs, so a crash leaves it visible as pending."""
+    return store.add_case(
+        run_id=run_id, case_index=index, backend=case.backend, model=case.model,
+        model_path=str(model.path), model_id=model.model_id, quant=model.quant,
+        model_file_bytes=model.file_bytes, workload=case.workload.name,
+        n_prompt=case.workload.n_prompt, n_gen=case.workload.n_gen,
+        n_depth=case.workload.n_depth, params=case.param_dict,
+        repetitions=repetitions, status="pending", engine=engine, **extra,
+    )
 
 
 def _git_commit() -> str | None:

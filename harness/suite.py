@@ -6,9 +6,7 @@ that reloads models least (llama-bench's order).
 
 from __future__ import annotations
 
-import difflib
 import itertools
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,8 @@ import psutil
 from backends.registry import canonical, load_class, spec_for
 from harness.errors import TokbenchError
 from harness.params import PARAMS
+from harness.toml_files import check_keys, read_toml
 from harness.workloads import Workload, parse_workload
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_REPETITIONS = 5
 DEFAULT_TIMEOUT_S = 900.0
@@ -105,14 +99,6 @@ _TOP_KEYS = {"name", "repetitions", "timeout", "warmup", "seed", "python", "defa
 _GROUP_KEYS = {"backend", "backends", "model", "models", "quants", "workload", "workloads", *PARAMS}
 
 
-def _unknown_key(key: str, allowed: set[str], where: str) -> TokbenchError:
-    hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-    return TokbenchError(
-        f"{where}: unknown key {key!r}{did_you_mean}; allowed: {', '.join(sorted(allowed))}"
-    )
-
-
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
@@ -120,15 +106,8 @@ def _as_list(value: Any) -> list[Any]:
 def load_suite(path: str | Path) -> Suite:
     """Read a suite file; every key is checked, and typos are named with a suggestion."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise TokbenchError(f"suite file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TokbenchError(f"suite file {path} is not valid TOML: {exc}") from None
-    for key in doc:
-        if key not in _TOP_KEYS:
-            raise _unknown_key(key, _TOP_KEYS, str(path))
+    doc = read_toml(path, "suite file")
+    check_keys(doc, _TOP_KEYS, str(path))
     defaults = doc.get("defaults", {})
     groups = doc.get("benchmark", [])
     if not isinstance(groups, list) or not groups:
@@ -137,9 +116,8 @@ def load_suite(path: str | Path) -> Suite:
     for i, group in enumerate(groups, start=1):
         where = f"{path} [[benchmark]] #{i}"
         merged = {**defaults, **group}
-        for key in merged:
-            if key not in _GROUP_KEYS:
-                raise _unknown_key(key, _GROUP_KEYS, where if key in group else f"{path} [defaults]")
+        check_keys(group, _GROUP_KEYS, where)
+        check_keys(defaults, _GROUP_KEYS, f"{path} [defaults]")
         backends = _as_list(merged.get("backends", merged.get("backend", "llama.cpp")))
         models = _as_list(merged.get("models", merged.get("model")))
         if models == [None]:
