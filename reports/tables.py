@@ -13,6 +13,7 @@ from rich.table import Table
 from backends.registry import load_class, spec_for
 
 _ALWAYS = ("threads",)
+_RIGHT = ("t/s", "median [95% CI]", "t/s per seq", "size", "params", "peak RSS")
 
 
 def _size(n_bytes: float | None) -> str:
@@ -75,6 +76,10 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
         _median(m, lo, hi)
         for m, lo, hi in zip(cases["tps_median"], cases["tps_ci_low"], cases["tps_ci_high"], strict=True)
     ]
+    if "param_batch" in cases and (cases["param_batch"].fillna(1) > 1).any():
+        batch = cases["param_batch"].fillna(1)
+        out["t/s per seq"] = [f"{m / b:.2f}" if not pd.isna(m) else "–"
+                              for m, b in zip(cases["tps_median"], batch, strict=True)]
     out["peak RSS"] = cases["peak_rss_bytes"].map(_size)
     if (cases["status"] != "ok").any():
         out["status"] = [
@@ -83,13 +88,18 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text; a missing value (a parameter another backend lacks) as –."""
+    return table.map(lambda v: "–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
     if table.empty:
         return "_no cases_\n"
-    cells = table.astype(str).map(lambda v: v.replace("|", "\\|"))
+    cells = _cells(table).map(lambda v: v.replace("|", "\\|"))
     header = "| " + " | ".join(table.columns) + " |"
-    align = "| " + " | ".join("---:" if c in ("t/s", "median [95% CI]", "size", "params", "peak RSS")
+    align = "| " + " | ".join("---:" if c in _RIGHT
                               else "---" for c in table.columns) + " |"
     body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join([header, align, *body]) + "\n"
@@ -98,9 +108,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
     rich_table = Table(title=title, show_lines=False)
     for col in table.columns:
-        rich_table.add_column(col, justify="right" if col in ("t/s", "median [95% CI]", "size",
-                                                               "params", "peak RSS") else "left",
+        rich_table.add_column(col, justify="right" if col in _RIGHT else "left",
                               overflow="fold")
-    for row in table.astype(str).itertuples(index=False):
+    for row in _cells(table).itertuples(index=False):
         rich_table.add_row(*row)
     return rich_table
