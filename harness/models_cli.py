@@ -80,7 +80,7 @@ def _progress_bar() -> Progress:
 
 def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     spec = lookup(args.name)
-    quant = args.quant.upper()
+    quant = (args.quant or ("F16" if args.format == "hf" else "Q4_K_M")).upper()
     start = time.perf_counter()
     if args.format == "hf":
         from harness import hf_checkpoint
@@ -145,8 +145,8 @@ def add_parser(sub: Any) -> None:
     lst.set_defaults(func=cmd_list)
     synth = msub.add_parser("synth", help="generate a synthetic GGUF (cached)")
     synth.add_argument("name", help="catalog entry, e.g. lfm2-24b-a2b")
-    synth.add_argument("-q", "--quant", default="Q4_K_M",
-                       help=f"file type (default Q4_K_M): {', '.join(FILE_TYPES)}")
+    synth.add_argument("-q", "--quant",
+                       help=f"file type (default Q4_K_M; F16 for --format hf): {', '.join(FILE_TYPES)}")
     synth.add_argument("-o", "--out", help="write here instead of the cache")
     synth.add_argument("--format", choices=("gguf", "hf"), default="gguf",
                        help="gguf (llama.cpp) or hf: a Hugging Face directory, F16 (vLLM, MLX)")
