@@ -33,6 +33,7 @@ class MlxBackend(Backend):
     defaults: ClassVar[dict[str, Any]] = {
         "n_batch": 2048,  # mlx-lm's prefill_step_size
         "batch": 1,
+        "dtype": "auto",  # auto: as stored; else the float weights are cast after loading
     }
 
     @classmethod
@@ -66,6 +67,8 @@ class MlxBackend(Backend):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelLoadError(f"mlx-lm could not load {self.model_path}: "
                                  f"{type(exc).__name__}: {exc}") from None
+        if self.params["dtype"] != "auto":
+            self._model.set_dtype(getattr(mx, self.params["dtype"]))
         weights = tree_flatten(self._model.parameters())
         mx.eval([w for _, w in weights])  # mlx loads lazily: make load time include the weights
         load_ns = time.perf_counter_ns() - t0

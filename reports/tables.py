@@ -83,14 +83,22 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
     out["peak RSS"] = cases["peak_rss_bytes"].map(_size)
     if (cases["status"] != "ok").any():
         out["status"] = [
-            "ok" if s == "ok" else f"{s}: {e}" for s, e in zip(cases["status"], cases["error"], strict=True)
+            s if s == "ok" or not isinstance(e, str) else f"{s}: {e}"
+            for s, e in zip(cases["status"], cases["error"], strict=True)
         ]
     return out
 
 
 def _cells(table: pd.DataFrame) -> pd.DataFrame:
     """Every cell as text; a missing value (a parameter another backend lacks) as –."""
-    return table.map(lambda v: "–" if v is None or (isinstance(v, float) and pd.isna(v)) else str(v))
+    def text(v: object) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "–"
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))  # an integer column turned float by another backend's gaps
+        return str(v)
+
+    return table.map(text)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
