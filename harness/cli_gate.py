@@ -19,6 +19,7 @@ from harness.gate_compare import GateReport, compare_arms, compare_runs
 from harness.gate_config import DEFAULT_FILE, load_gate_config
 from harness.models import DEFAULT_MODEL
 from harness.params import PARAMS
+from harness.toml_files import read_toml
 
 AB_REPETITIONS = 10
 EXIT_INTERRUPTED = 130
@@ -95,14 +96,17 @@ def cmd_ab(args: argparse.Namespace, console: Console) -> int:
 
     config = load_gate_config(args.config)
     arm_a, arm_b = parse_arm("A", args.a), parse_arm("B", args.b)
-    repetitions = args.repetitions if args.repetitions is not None else AB_REPETITIONS
+    if args.timeout is not None and args.timeout <= 0:
+        raise TokbenchError(f"--timeout must be > 0 seconds (got {args.timeout})")
+    suite = _suite_from_args(args)  # checks a suite file, its repetitions included
+    repetitions = args.repetitions
+    if repetitions is None and args.suite:  # the suite file's own repetitions, when it sets them
+        repetitions = read_toml(Path(args.suite), "suite file").get("repetitions")
+    if repetitions is None:
+        repetitions = AB_REPETITIONS
     if repetitions < config.defaults.min_trials:
         raise TokbenchError(f"-r/--repetitions {repetitions} is below min_trials "
                             f"{config.defaults.min_trials} ({config.source}); raise -r")
-    if args.timeout is not None and args.timeout <= 0:
-        raise TokbenchError(f"--timeout must be > 0 seconds (got {args.timeout})")
-    args.repetitions = repetitions
-    suite = _suite_from_args(args)
     suite.repetitions = repetitions
     store = Store(args.store)
     hooks = _ProgressHooks(console)

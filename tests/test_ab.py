@@ -58,6 +58,13 @@ def test_ab_refuses_fewer_trials_than_the_gate_needs(capsys: pytest.CaptureFixtu
     assert "-r/--repetitions 3 is below min_trials 6" in capsys.readouterr().err
 
 
+def test_ab_takes_a_suite_files_repetitions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = tmp_path / "suite.toml"
+    suite.write_text('repetitions = 4\n[[benchmark]]\nmodels = ["m.gguf"]\nworkloads = ["tg8"]\n')
+    assert main(["ab", "--a", "threads=1", "--b", "threads=2", str(suite)]) == 2
+    assert "-r/--repetitions 4 is below min_trials 6" in capsys.readouterr().err
+
+
 @pytest.mark.engine
 def test_real_ab_with_two_thread_counts(store_path: Path, tmp_path: Path, tiny_gguf: Path) -> None:
     out = tmp_path / "ab.json"
