@@ -7,6 +7,8 @@ memory. Failed cases keep a row that says what failed.
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 from rich.table import Table
 
@@ -83,23 +85,23 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+_RIGHT = ("t/s", "median [95% CI]", "size", "params", "peak RSS")
+
+
+def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = _RIGHT) -> str:
+    """A GitHub-flavoured Markdown table (pandas + tabulate); pipes and HTML in cells escaped."""
     if table.empty:
         return "_no cases_\n"
-    cells = table.astype(str).map(lambda v: v.replace("|", "\\|"))
-    header = "| " + " | ".join(table.columns) + " |"
-    align = "| " + " | ".join("---:" if c in ("t/s", "median [95% CI]", "size", "params", "peak RSS")
-                              else "---" for c in table.columns) + " |"
-    body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join([header, align, *body]) + "\n"
+    cells = table.astype(str).map(lambda v: html.escape(v, quote=False).replace("|", "\\|"))
+    cells.columns = [html.escape(str(c), quote=False) for c in table.columns]
+    align = tuple("right" if c in right else "left" for c in table.columns)
+    return cells.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True) + "\n"
 
 
 def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
     rich_table = Table(title=title, show_lines=False)
     for col in table.columns:
-        rich_table.add_column(col, justify="right" if col in ("t/s", "median [95% CI]", "size",
-                                                               "params", "peak RSS") else "left",
+        rich_table.add_column(col, justify="right" if col in _RIGHT else "left",
                               overflow="fold")
     for row in table.astype(str).itertuples(index=False):
         rich_table.add_row(*row)
