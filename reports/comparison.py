@@ -309,7 +309,7 @@ def memory_table(measured: pd.DataFrame, figures: list[Figure], devices: list[De
         if f.metric == "file_bytes":
             check = f"predicted {fmt_bytes(size)} (published ÷ predicted {f.value / size:.3f})"
         elif f.value < size:
-            check = (f"BELOW the {quant} weights alone ({fmt_bytes(size)}): weights not counted, "
+            check = (f"BELOW the {quant} model file alone ({fmt_bytes(size)}): weights not counted, "
                      "or another quant")
         rows.append({"what": f"{f.model_as_given}: {f.conditions} ({f.device_as_given})",
                      "kind": f.metric, "model": f.model, "quant": f.quant or f"{quant} (assumed)",

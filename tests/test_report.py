@@ -69,6 +69,11 @@ def test_roofline_fraction_of_a_measured_case(store: Path, tmp_path: Path) -> No
     assert bool(roof["cache_resident"].iloc[0])  # 724 kB of weights fit the 1 MiB L3 of the profile
     published = pd.read_csv(tmp_path / "csv" / "published.csv")
     assert len(published) == 10 and "OVER THE CEILING" not in set(published["verdict"])
+    memory = pd.read_csv(csv / "memory.csv").set_index("what")
+    int8 = memory.loc[memory.index.str.contains("INT8")].iloc[0]
+    assert int8["check"].startswith("BELOW the Q8_0 model file")  # 722 MB < a 1.25 GB Q8_0 file
+    f16_ram = memory[(memory["kind"] == "ram_min_bytes") & (memory["quant"] == "F16")].iloc[0]
+    assert f16_ram["Samsung Galaxy S25"] == "does not fit" and f16_ram["NVIDIA H100 SXM5 80GB"] == "fits"
     written = {p.name for p in csv.iterdir()}
     assert {"measured.csv", "memory.csv", "devices.csv", "closest.csv"} <= written
 
