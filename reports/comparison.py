@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.catalog import CATALOG, lookup
+from harness.catalog import CATALOG, TINY, lookup
 from harness.errors import TokbenchError
 from reports.roofline import (
     DecodeShape,
@@ -60,6 +60,8 @@ def _gguf_shape(path: str, model_id: str) -> tuple[DecodeShape | None, str]:
 
     file = Path(path)
     size = model_id.split("-", 1)[0]
+    if file.is_dir():
+        return None, "Hugging Face directory: bytes/token are derived for GGUF files and synth: models"
     if not file.is_file() or str(file.stat().st_size) != size:
         return None, f"model file {path} is no longer there as measured: bytes/token unknown"
     with file.open("rb") as fh:
@@ -69,14 +71,19 @@ def _gguf_shape(path: str, model_id: str) -> tuple[DecodeShape | None, str]:
     return shape_from_gguf(file), "from the GGUF's tensors"
 
 
-def catalog_model(source: str) -> tuple[str, str] | None:
-    """(catalog name, quant) of a `synth:NAME@QUANT` source; None for other sources."""
+def catalog_model(source: str, stored_quant: str | None = None) -> tuple[str, str] | None:
+    """(catalog name, quant) of a `synth:NAME@QUANT` source, preferring the quant the case stored
+    (F16 when a backend read it in HF layout); None for other sources."""
     if not source.startswith("synth:"):
         return None
+    from harness.quant_mix import FILE_TYPES
     from harness.synthetic import parse_source
 
     name, quant = parse_source(source[6:])
-    return (name.lower(), quant.upper()) if name.lower() in CATALOG else None
+    stored = (stored_quant or "").upper()
+    if name.lower() not in CATALOG and name.lower() not in TINY:
+        return None
+    return name.lower(), stored if stored in FILE_TYPES else quant.upper()
 
 
 def case_shape(row: pd.Series) -> tuple[DecodeShape | None, str]:
@@ -86,9 +93,12 @@ def case_shape(row: pd.Series) -> tuple[DecodeShape | None, str]:
     if source.startswith("synth:"):
         from harness.synthetic import parse_source
 
-        name, quant = parse_source(source[6:])
+        found = catalog_model(source, row.get("quant"))
+        if found is None:
+            return None, f"synthetic model {parse_source(source[6:])[0]!r} is not in the catalog"
+        name, quant = found
         try:
-            return shape_from_catalog(lookup(name), quant), f"catalog {name}@{quant.upper()}"
+            return shape_from_catalog(lookup(name), quant), f"catalog {name}@{quant}"
         except TokbenchError as exc:
             return None, str(exc)
     if row.get("model_path") and row.get("model_id"):
@@ -152,7 +162,7 @@ def measured_roofline(runs: list[RunData], devices: dict[str, Device]) -> pd.Dat
                 notes.insert(0, f"{row['status']}: {row['error'] or 'no result'}")
             rows.append({
                 "run": rd.run_id, "backend": row["backend"], "model": row["model"],
-                "catalog": "@".join(catalog_model(row["model"]) or ()),
+                "catalog": "@".join(catalog_model(row["model"], row["quant"]) or ()),
                 "quant": row["quant"], "test": row["test"], "batch": batch,
                 "n_depth": int(row["n_depth"]), "context": context, "status": row["status"], "tps": tps,
                 "tps_per_seq": tps / batch if not pd.isna(tps) else math.nan,
