@@ -43,6 +43,8 @@ class Backend:
     install_hint: ClassVar[str]
     #: Defaults of the parameters this backend accepts (names from harness.params.PARAMS).
     defaults: ClassVar[dict[str, Any]]
+    #: What a model source must resolve to: "gguf" (a file) or "hf" (a Hugging Face directory).
+    model_format: ClassVar[str] = "gguf"
 
     @classmethod
     def probe(cls) -> dict[str, Any]:
@@ -55,14 +57,20 @@ class Backend:
         self.seed = seed
 
     def load(self, n_ctx: int) -> dict[str, Any]:
-        """Load the model and a context of n_ctx tokens; return the model's description."""
+        """Load the model with room for n_ctx tokens per sequence (params["batch"] sequences);
+        return the model's description (desc, size_bytes, n_params, load_ns…)."""
         raise NotImplementedError
 
     def warmup(self, n_prompt: int, n_gen: int) -> None:
         raise NotImplementedError
 
     def run_trial(self, n_prompt: int, n_gen: int, n_depth: int) -> list[PhaseSample]:
-        """Clear state, fill n_depth untimed, then time the prefill and decode phases."""
+        """Clear state, fill n_depth untimed, then time the prefill and decode phases.
+
+        With batch B (params["batch"], default 1) the phases run B independent sequences
+        together: pp prefills B prompts of n_prompt tokens, tg decodes n_gen steps of B tokens.
+        n_tokens counts all sequences (so tokens/s is the aggregate); token_ns marks each step.
+        """
         raise NotImplementedError
 
     def idle(self) -> None:

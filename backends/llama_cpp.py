@@ -4,6 +4,9 @@ Prefill: random tokens (BOS first when the vocab adds one) fed in n_batch chunks
 llama_decode, then llama_synchronize before the clock stops. Decode: sequential single-token
 llama_decode + llama_synchronize, each token's end time stamped. Depth is filled before the
 clock starts and restored from a saved sequence state on later trials, as llama-bench does.
+Batch B > 1 runs B parallel sequences in one context, as llama-batched-bench does: the B
+prompts go through llama_decode together (n_batch tokens at a time), then each decode step is
+one llama_decode of B tokens, one per sequence.
 A persistent ggml threadpool is attached, as llama-bench does (without one ggml creates and
 joins threads for every graph, which slows decode).
 """
@@ -69,6 +72,7 @@ class LlamaCppBackend(Backend):
         "cache_type_k": "f16",
         "cache_type_v": "f16",
         "mmap": True,
+        "batch": 1,
     }
 
     @classmethod
@@ -113,8 +117,10 @@ class LlamaCppBackend(Backend):
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {self._last_error()}")
 
+        self._n_seq = p["batch"]
         cparams = ll.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        cparams.n_ctx = n_ctx * self._n_seq
+        cparams.n_seq_max = self._n_seq
         cparams.n_batch = p["n_batch"]
         cparams.n_ubatch = p["n_ubatch"]
         cparams.n_threads = cparams.n_threads_batch = p["threads"]
@@ -144,6 +150,9 @@ class LlamaCppBackend(Backend):
         }
 
     def warmup(self, n_prompt: int, n_gen: int) -> None:
+        if self._n_seq > 1:
+            self.run_trial(n_prompt, min(n_gen, 1), 0)
+            return
         if n_prompt:
             self._prefill(n_prompt)
         if n_gen:
@@ -152,6 +161,8 @@ class LlamaCppBackend(Backend):
     def run_trial(self, n_prompt: int, n_gen: int, n_depth: int) -> list[PhaseSample]:
         ll = self._ll
         ll.llama_memory_clear(ll.llama_get_memory(self._ctx), False)
+        if self._n_seq > 1:
+            return self._parallel_trial(n_prompt, n_gen, n_depth)
         if n_depth:
             self._fill_depth(n_depth)
         samples = []
@@ -230,6 +241,62 @@ class LlamaCppBackend(Backend):
             marks.append(time.perf_counter_ns() - t0)
             token[0] = self._rng.randrange(self._n_vocab)
         return PhaseSample("tg", n_gen, marks[-1], marks)
+
+    # -- B parallel sequences (llama-batched-bench's scheme) -----------------------------------
+    def _batches(self, entries: list[tuple[int, int, int, bool]]) -> list[Any]:
+        """(token, pos, seq, wants_logits) entries packed into llama_batch structs of at most
+        n_batch tokens, built before any clock starts."""
+        ll, size = self._ll, self.params["n_batch"]
+        out = []
+        for start in range(0, len(entries), size):
+            chunk = entries[start:start + size]
+            batch = ll.llama_batch_init(len(chunk), 0, 1)
+            for i, (token, pos, seq, logits) in enumerate(chunk):
+                batch.token[i], batch.pos[i] = token, pos
+                batch.n_seq_id[i], batch.seq_id[i][0] = 1, seq
+                batch.logits[i] = logits
+            batch.n_tokens = len(chunk)
+            out.append(batch)
+        return out
+
+    def _run_batches(self, batches: list[Any], what: str, marks: list[int] | None = None,
+                     t0: int = 0) -> None:
+        ll = self._ll
+        try:
+            for batch in batches:
+                self._check(ll.llama_decode(self._ctx, batch), what)
+                ll.llama_synchronize(self._ctx)
+                if marks is not None:
+                    marks.append(time.perf_counter_ns() - t0)
+        finally:
+            for batch in batches:
+                ll.llama_batch_free(batch)
+
+    def _prompt_entries(self, n: int, start: int) -> list[tuple[int, int, int, bool]]:
+        entries = []
+        for seq in range(self._n_seq):
+            tokens = self._random_tokens(n, first=start == 0)
+            entries += [(tokens[i], start + i, seq, i == n - 1) for i in range(n)]
+        return entries
+
+    def _parallel_trial(self, n_prompt: int, n_gen: int, n_depth: int) -> list[PhaseSample]:
+        samples = []
+        if n_depth:
+            self._run_batches(self._batches(self._prompt_entries(n_depth, 0)), "depth fill")
+        if n_prompt:
+            batches = self._batches(self._prompt_entries(n_prompt, n_depth))
+            t0 = time.perf_counter_ns()
+            self._run_batches(batches, "prefill")
+            samples.append(PhaseSample("pp", n_prompt * self._n_seq, time.perf_counter_ns() - t0))
+        if n_gen:
+            pos = n_depth + n_prompt
+            steps = [self._batches([(self._rng.randrange(self._n_vocab), pos + i, seq, True)
+                                    for seq in range(self._n_seq)])[0] for i in range(n_gen)]
+            marks: list[int] = []
+            t0 = time.perf_counter_ns()
+            self._run_batches(steps, "decode", marks, t0)
+            samples.append(PhaseSample("tg", n_gen * self._n_seq, marks[-1], marks))
+        return samples
 
     def _fill_depth(self, n_depth: int) -> None:
         """Fill the context to n_depth (untimed); restore a saved state when one exists."""

@@ -11,8 +11,13 @@ from importlib.metadata import entry_points
 from backends.base import Backend
 from harness.errors import TokbenchError
 
-BUILTIN = {"llama.cpp": "backends.llama_cpp:LlamaCppBackend"}
-ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": "llama.cpp"}
+BUILTIN = {
+    "llama.cpp": "backends.llama_cpp:LlamaCppBackend",
+    "vllm": "backends.vllm:VllmBackend",
+    "mlx": "backends.mlx:MlxBackend",
+}
+ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": "llama.cpp",
+           "mlx-lm": "mlx", "mlx_lm": "mlx"}
 
 
 def available() -> dict[str, str]:

@@ -36,6 +36,7 @@ from harness.runner import (
     _WorkerResult,
     add_pending_case,
     apply_message,
+    resolve_models,
     start_run,
 )
 from harness.suite import Case, Suite
@@ -229,11 +230,11 @@ class ABRunner:
     def run(self, command: str) -> RunOutcome:
         suite = self.suite
         cases = [c for pair in self.pairs for c in pair]
-        resolved = {m: models.resolve(m) for m in dict.fromkeys(c.model for c in cases)}
+        resolved = resolve_models(cases)
         engines, profile_engines = self._engines()
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=profile_engines)
         run_id = start_run(self.store, command, profile)
-        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[case.model],
+        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[index],
                                      suite.repetitions, engines["AB"[index % 2], case.backend],
                                      arm="AB"[index % 2])
                     for index, case in enumerate(cases)]
@@ -241,7 +242,8 @@ class ABRunner:
         outcome = RunOutcome(run_id, "complete")
         try:
             for k in range(len(self.pairs)):
-                self._run_pair(k, cases[2 * k: 2 * k + 2], case_ids[2 * k: 2 * k + 2], resolved, outcome)
+                self._run_pair(k, cases[2 * k: 2 * k + 2], case_ids[2 * k: 2 * k + 2],
+                               resolved[2 * k: 2 * k + 2], outcome)
         except KeyboardInterrupt:
             outcome.status = "interrupted"
             self.store.update_run(run_id, status="interrupted", finished_at=time.time())
@@ -254,7 +256,7 @@ class ABRunner:
         return outcome
 
     def _run_pair(self, k: int, cases: list[Case], case_ids: list[int],
-                  resolved: dict[str, models.ResolvedModel], outcome: RunOutcome) -> None:
+                  resolved: list[models.ResolvedModel], outcome: RunOutcome) -> None:
         sessions: list[_Session] = []
         interrupted = False
         try:
@@ -263,7 +265,7 @@ class ABRunner:
                 self.hooks.case_started(index, case)
                 request = {
                     "op": "serve", "backend": spec_for(case.backend),
-                    "model_path": str(resolved[case.model].path), "params": case.param_dict,
+                    "model_path": str(resolved[j].path), "params": case.param_dict,
                     "seed": self.suite.seed + k,  # both arms see the same prompt tokens
                     "workload": {"n_prompt": case.workload.n_prompt, "n_gen": case.workload.n_gen,
                                  "n_depth": case.workload.n_depth},

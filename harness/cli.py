@@ -142,6 +142,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 # -- profile ------------------------------------------------------------------------------------
+def _engine_line(engine: dict[str, Any]) -> str:
+    """`llama-cpp-python 0.3.36 (ggml_version 0.9.4, …)`, build details, then system info."""
+    skip = ("engine", "engine_version", "system_info")
+    details = ", ".join(f"{k} {v}" for k, v in engine.items() if k not in skip and v is not None)
+    line = f"{engine['engine']} {engine['engine_version']}" + (f" ({details})" if details else "")
+    return line + (f"\n  {engine['system_info']}" if engine.get("system_info") else "")
+
+
 def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     from backends.registry import available
 
@@ -165,11 +173,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     for key, doc in hardware.PROFILE_FIELDS.items():
         value = profile[key]
         if key == "engines":
-            value = "\n".join(
-                f"{n}: " + (e.get("error") or f"{e['engine']} {e['engine_version']} "
-                            f"(ggml {e.get('ggml_version', '?')}, commit {e.get('ggml_commit', '?')})\n"
-                            f"  {e.get('system_info', '')}")
-                for n, e in value.items())
+            value = "\n".join(f"{n}: " + (e.get("error") or _engine_line(e)) for n, e in value.items())
         elif key in ("ram_bytes", "ram_available_bytes"):
             value = f"{value / 2**30:.1f} GiB"
         elif isinstance(value, (list, dict)):

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import numpy as np
 from harness.architectures import tensor_shapes
 from harness.catalog import ModelSpec
 from harness.errors import TokbenchError
-from harness.synthetic import Progress, check_free_disk
+from harness.synthetic import GENERATOR_VERSION, Progress, cache_dir, check_free_disk
 from harness.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, bpe_vocab
 
 SHARD_BYTES = 2 * 10**9
@@ -97,6 +100,17 @@ def _tokenizer_files(spec: ModelSpec, directory: Path) -> None:
     }, indent=1))
 
 
+def _hf_tensors(spec: ModelSpec) -> list[tuple[str, Any]]:
+    tensors = [(hf_name(spec.arch, t.name), t) for t in tensor_shapes(spec)]
+    return [(n, t) for n, t in tensors if n is not None]
+
+
+def weights_bytes(spec: ModelSpec) -> int:
+    """F16 bytes of the checkpoint's tensors (what write_hf writes, before file headers)."""
+    config(spec)  # refuses architectures without an HF layout
+    return sum(2 * int(np.prod(t.ne)) for _, t in _hf_tensors(spec))
+
+
 def write_hf(spec: ModelSpec, directory: str | Path, *, seed: int = 0,
              progress: Progress | None = None) -> Path:
     """Write the checkpoint directory; returns it."""
@@ -104,9 +118,8 @@ def write_hf(spec: ModelSpec, directory: str | Path, *, seed: int = 0,
 
     directory = Path(directory)
     cfg = config(spec)
-    tensors = [(hf_name(spec.arch, t.name), t) for t in tensor_shapes(spec)]
-    tensors = [(n, t) for n, t in tensors if n is not None]
-    total = sum(2 * int(np.prod(t.ne)) for _, t in tensors)
+    tensors = _hf_tensors(spec)
+    total = weights_bytes(spec)
     directory.mkdir(parents=True, exist_ok=True)
     check_free_disk(directory, total)
     rng = np.random.default_rng(seed)
@@ -150,3 +163,27 @@ def write_hf(spec: ModelSpec, directory: str | Path, *, seed: int = 0,
         {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}))
     _tokenizer_files(spec, directory)
     return directory
+
+
+_MANIFEST = "tokbench-synthetic.json"
+
+
+def ensure_hf(spec: ModelSpec, *, directory: Path | None = None, seed: int = 0,
+              progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """The cached HF-layout checkpoint of a catalog entry, written (atomically, via a .partial
+    directory) when missing or made by another generator version or spec."""
+    target = (directory or cache_dir()) / f"{spec.name}-F16-hf"
+    expected = json.loads(json.dumps({"generator": GENERATOR_VERSION, "spec": asdict(spec),
+                                      "seed": seed, "format": "hf"}))
+    manifest = target / _MANIFEST
+    if manifest.exists() and json.loads(manifest.read_text()) == expected:
+        return target
+    if target.exists() and log:
+        log(f"cached {target.name}: made by another generator version or spec; writing it again")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write_hf(spec, partial, seed=seed, progress=progress)
+    (partial / _MANIFEST).write_text(json.dumps(expected, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target

@@ -1,14 +1,16 @@
-"""Model sources → a validated local file: GGUF paths, packaged models (`pkg:NAME`) and
-synthetic models (`synth:NAME@QUANT`, generated into the cache on first use).
+"""Model sources → a validated local model: GGUF paths, Hugging Face-layout directories,
+packaged models (`pkg:NAME`) and synthetic models (`synth:NAME@QUANT`, generated into the
+cache on first use, as a GGUF or as an HF directory, whichever the backend reads).
 
 Validation happens in the harness, before any worker starts, so a missing, foreign or
-truncated file is a one-line error rather than an engine crash.
+truncated model is a one-line error rather than an engine crash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +26,25 @@ class ResolvedModel:
     source: str  # as the user wrote it
     path: Path
     file_bytes: int
-    model_id: str  # size + sha256 of the header: the identity of the model's shape
+    model_id: str  # size + sha256 of the header (GGUF) or config.json (HF): the model's identity
     arch: str | None
     quant: str | None
+    format: str = "gguf"  # gguf | hf
 
 
-def resolve(source: str) -> ResolvedModel:
-    """Turn a model source into a checked local file, or raise a one-line error."""
+def resolve(source: str, fmt: str = "gguf") -> ResolvedModel:
+    """Turn a model source into a checked local model in `fmt` (what the backend reads: "gguf"
+    for llama.cpp, "hf" for vLLM and MLX), or raise a one-line error."""
     if source.startswith("pkg:"):
+        if fmt == "hf":
+            raise TokbenchError(
+                f"model source {source!r} is a GGUF package; this backend needs a Hugging Face "
+                "directory (config.json + safetensors): try synth:NAME@F16 or "
+                "`tokbench models tiny --arch lfm2 --format hf DIR`"
+            )
         path = _assemble_package(source[4:])
     elif source.startswith("synth:"):
-        path = _synthesize(source[6:])
+        path = _synthesize(source[6:], fmt)
     elif ":" in source.split("/")[0] and not Path(source).exists():
         scheme = source.split(":", 1)[0]
         raise TokbenchError(
@@ -44,10 +54,13 @@ def resolve(source: str) -> ResolvedModel:
     else:
         path = Path(source).expanduser()
     if not path.exists():
-        raise TokbenchError(f"model {source!r}: file {path} does not exist; check the path")
+        raise TokbenchError(f"model {source!r}: {path} does not exist; check the path")
+    if fmt == "hf":
+        return _inspect_hf(source, path)
     if path.is_dir():
         raise TokbenchError(
-            f"model {source!r} is a directory; the llama.cpp backend needs a .gguf file"
+            f"model {source!r} is a directory; the llama.cpp backend needs a .gguf file "
+            "(convert it with llama.cpp's convert_hf_to_gguf.py)"
         )
     return _inspect_gguf(source, path)
 
@@ -69,21 +82,67 @@ def _assemble_package(package: str) -> Path:
         raise TokbenchError(f"model package {package} could not assemble its file: {exc}") from None
 
 
-def _synthesize(text: str) -> Path:
-    """synth:NAME@QUANT: the cached synthetic file, generated (with a progress bar) if needed."""
+def _synthesize(text: str, fmt: str) -> Path:
+    """synth:NAME@QUANT: the cached synthetic model, generated (with a progress bar) if needed.
+    In HF layout the weights are F16 (the quant may be omitted or F16)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from harness import synthetic
+    from harness import hf_checkpoint, synthetic
     from harness.catalog import lookup
 
     name, quant = synthetic.parse_source(text)
     spec = lookup(name)
-    total = synthetic.predicted_size(spec, quant)
+    if fmt == "hf":
+        if "@" in text and quant.upper() != "F16":
+            raise TokbenchError(
+                f"model source synth:{text}: Hugging Face checkpoints are written in F16; "
+                f"use synth:{name}@F16 (or a GGUF backend for {quant})"
+            )
+        quant = "F16"
+    total = hf_checkpoint.weights_bytes(spec) if fmt == "hf" else synthetic.predicted_size(spec, quant)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task(f"synthesizing {spec.name}@{quant.upper()}", total=total)
-        return synthetic.ensure(spec, quant, progress=lambda n: bar.update(task, completed=n),
-                                log=bar.console.print)
+        update = lambda n: bar.update(task, completed=n)  # noqa: E731
+        if fmt == "hf":
+            return hf_checkpoint.ensure_hf(spec, progress=update, log=bar.console.print)
+        return synthetic.ensure(spec, quant, progress=update, log=bar.console.print)
+
+
+def _inspect_hf(source: str, path: Path) -> ResolvedModel:
+    """A Hugging Face-layout directory: config.json and safetensors weights (as vLLM and
+    mlx-lm load them). The identity is the weights' size and config.json's hash."""
+    hint = "give a directory with config.json and *.safetensors (e.g. synth:tiny-lfm2@F16)"
+    if not path.is_dir():
+        raise TokbenchError(f"model {source!r} is a file; this backend needs a Hugging Face "
+                            f"model directory: {hint}")
+    config_file = path / "config.json"
+    try:
+        config_text = config_file.read_text()
+        cfg = json.loads(config_text)
+    except FileNotFoundError:
+        raise TokbenchError(f"model {source!r}: {path} has no config.json; {hint}") from None
+    except (OSError, ValueError) as exc:
+        raise TokbenchError(f"model {source!r}: {config_file} is unreadable ({exc}); {hint}") from None
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise TokbenchError(f"model {source!r}: {path} has no *.safetensors weights; {hint}")
+    size = sum(w.stat().st_size for w in weights)
+    model_id = f"{size}-{hashlib.sha256(config_text.encode()).hexdigest()[:16]}"
+    return ResolvedModel(source, path, size, model_id, cfg.get("model_type"), _hf_quant(cfg), "hf")
+
+
+def _hf_quant(cfg: dict) -> str | None:
+    """The checkpoint's weight format: a quantization method (AWQ, GPTQ, FP8…), mlx-lm's own
+    n-bit format, or the stored dtype (F16, BF16)."""
+    if isinstance(cfg.get("quantization_config"), dict):
+        q = cfg["quantization_config"]
+        bits = q.get("bits") or q.get("w_bit")
+        return str(q.get("quant_method", "quantized")).upper() + (f"-{bits}BIT" if bits else "")
+    if isinstance(cfg.get("quantization"), dict):
+        return f"MLX-Q{cfg['quantization'].get('bits', '?')}"
+    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "")
+    return {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}.get(dtype, dtype or None)
 
 
 def _inspect_gguf(source: str, path: Path) -> ResolvedModel:

@@ -15,6 +15,7 @@ from rich.table import Table
 from harness import synthetic
 from harness.architectures import parameter_counts
 from harness.catalog import CATALOG, TINY, ModelSpec, lookup
+from harness.errors import TokbenchError
 from harness.memory_estimate import ram_needed
 from harness.quant_mix import FILE_TYPES
 
@@ -79,17 +80,23 @@ def _progress_bar() -> Progress:
 
 def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     spec = lookup(args.name)
-    quant = args.quant.upper()
+    quant = (args.quant or ("F16" if args.format == "hf" else "Q4_K_M")).upper()
     start = time.perf_counter()
     if args.format == "hf":
-        from harness.hf_checkpoint import write_hf
+        from harness import hf_checkpoint
 
-        out = Path(args.out or synthetic.cache_dir() / f"{spec.name}-hf")
+        if quant != "F16":
+            raise TokbenchError(f"-q {quant}: Hugging Face checkpoints are written in F16; "
+                                "drop -q or use --format gguf for other quants")
         with _progress_bar() as bar:
-            task = bar.add_task(f"{spec.name} (Hugging Face layout, F16)", total=None)
-            write_hf(spec, out, progress=lambda n: bar.update(task, completed=n))
+            task = bar.add_task(f"{spec.name} (Hugging Face layout, F16)",
+                                total=hf_checkpoint.weights_bytes(spec))
+            update = lambda n: bar.update(task, completed=n)  # noqa: E731
+            out = (hf_checkpoint.write_hf(spec, args.out, progress=update) if args.out
+                   else hf_checkpoint.ensure_hf(spec, progress=update, log=bar.console.print))
         console.print(f"{out} · {time.perf_counter() - start:.1f} s · a Hugging Face checkpoint "
-                      "directory for vLLM / MLX", highlight=False)
+                      f"directory for vLLM / MLX; use it as -m {out} or -m synth:{spec.name}@F16",
+                      highlight=False)
         return 0
     total = synthetic.predicted_size(spec, quant)
     with _progress_bar() as bar:
@@ -117,6 +124,19 @@ def cmd_clone(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+TINY_BY_ARCH = {"llama": "tiny-llama", "lfm2": "tiny-lfm2", "lfm2moe": "tiny-lfm2moe"}
+
+
+def cmd_tiny(args: argparse.Namespace, console: Console) -> int:
+    """A small random-weight model of a real architecture, for smoke tests of any engine."""
+    args.name, args.quant = TINY_BY_ARCH[args.arch], (args.quant or "F16")
+    args.out = args.dir
+    if args.format == "gguf" and not args.dir.endswith(".gguf"):
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+        args.out = str(Path(args.dir) / f"{args.name}-{args.quant.upper()}.gguf")
+    return cmd_synth(args, console)
+
+
 def add_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="synthetic models: list the catalog, generate, clone")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -125,12 +145,20 @@ def add_parser(sub: Any) -> None:
     lst.set_defaults(func=cmd_list)
     synth = msub.add_parser("synth", help="generate a synthetic GGUF (cached)")
     synth.add_argument("name", help="catalog entry, e.g. lfm2-24b-a2b")
-    synth.add_argument("-q", "--quant", default="Q4_K_M",
-                       help=f"file type (default Q4_K_M): {', '.join(FILE_TYPES)}")
+    synth.add_argument("-q", "--quant",
+                       help=f"file type (default Q4_K_M; F16 for --format hf): {', '.join(FILE_TYPES)}")
     synth.add_argument("-o", "--out", help="write here instead of the cache")
     synth.add_argument("--format", choices=("gguf", "hf"), default="gguf",
                        help="gguf (llama.cpp) or hf: a Hugging Face directory, F16 (vLLM, MLX)")
     synth.set_defaults(func=cmd_synth)
+    tiny = msub.add_parser("tiny", help="a tiny random-weight model (tests, engine smoke runs)")
+    tiny.add_argument("--arch", choices=sorted(TINY_BY_ARCH), default="lfm2",
+                      help="architecture (default lfm2)")
+    tiny.add_argument("--format", choices=("gguf", "hf"), default="hf",
+                      help="hf: Hugging Face directory (vLLM, MLX; default); gguf: llama.cpp file")
+    tiny.add_argument("-q", "--quant", help="GGUF file type (default F16)")
+    tiny.add_argument("dir", help="output directory (gguf: the file goes in it, unless DIR ends .gguf)")
+    tiny.set_defaults(func=cmd_tiny)
     clone = msub.add_parser("clone", help="a random-weight twin of a GGUF (same header)")
     clone.add_argument("source", help="GGUF path or model source (pkg:…)")
     clone.add_argument("-o", "--out", help="output file (default ./<name>-twin.gguf)")

@@ -31,6 +31,18 @@ def _flash(text: str) -> str:
         raise ValueError(f"{text!r} is not on, off or auto") from None
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(f"{text!r} is not a fraction in (0, 1]")
+    return value
+
+
+def _optional(text: str) -> str | None:
+    """A string where `none` (or empty) means unset."""
+    return None if str(text).strip().lower() in ("", "none") else str(text).strip()
+
+
 @dataclass(frozen=True)
 class Param:
     """A case parameter: how it is spelled, parsed and bounded."""
@@ -83,6 +95,24 @@ PARAMS: dict[str, Param] = {
         Param("cache_type_k", ("-ctk", "--cache-type-k"), str, "K cache type", choices=_CACHE_TYPES),
         Param("cache_type_v", ("-ctv", "--cache-type-v"), str, "V cache type", choices=_CACHE_TYPES),
         Param("mmap", ("-mmp", "--mmap"), _bool, "memory-map the model (0/1)", reloads_model=True),
+        Param("batch", ("-b", "--batch"), int,
+              "independent sequences decoded together (aggregate and per-sequence tok/s)", minimum=1),
+        # vLLM engine arguments (names as in `vllm serve`); each loads a new engine.
+        Param("dtype", ("--dtype",), str, "weight/activation dtype", reloads_model=True,
+              choices=("auto", "float16", "bfloat16", "float32")),
+        Param("max_model_len", ("--max-model-len",), int,
+              "context length the engine allocates for (default: the case's own)", minimum=16,
+              reloads_model=True),
+        Param("enforce_eager", ("--enforce-eager",), _bool, "no CUDA graphs / torch.compile (0/1)",
+              reloads_model=True),
+        Param("gpu_memory_utilization", ("--gpu-memory-utilization",), _fraction,
+              "fraction of GPU memory vLLM may use", reloads_model=True),
+        Param("tensor_parallel_size", ("-tp", "--tensor-parallel-size"), int, "GPUs per model",
+              minimum=1, reloads_model=True),
+        Param("quantization", ("--quantization",), _optional, "vLLM quantization method (none: "
+              "from the checkpoint)", reloads_model=True),
+        Param("kv_cache_dtype", ("--kv-cache-dtype",), str, "vLLM KV-cache dtype",
+              choices=("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16"), reloads_model=True),
     )
 }
 

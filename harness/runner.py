@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import harness
-from backends.registry import spec_for
+from backends.registry import load_class, spec_for
 from harness import hardware, models
 from harness.errors import TokbenchError
 from harness.suite import Case, Suite
@@ -159,11 +159,11 @@ class Runner:
     # -- the run --------------------------------------------------------------------------
     def run(self, command: str) -> RunOutcome:
         suite = self.suite
-        resolved = {m: models.resolve(m) for m in dict.fromkeys(c.model for c in suite.cases)}
+        resolved = resolve_models(suite.cases)
         engines = {b: self.workers.probe(b) for b in dict.fromkeys(c.backend for c in suite.cases)}
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=engines)
         run_id = start_run(self.store, command, profile)
-        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[case.model],
+        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[index],
                                      suite.repetitions, engines[case.backend])
                     for index, case in enumerate(suite.cases)]
         self.hooks.run_started(run_id, len(suite.cases))
@@ -171,7 +171,7 @@ class Runner:
         try:
             for index, (case, case_id) in enumerate(zip(suite.cases, case_ids, strict=True)):
                 self.hooks.case_started(index, case)
-                result = self._run_case(index, case, case_id, resolved[case.model])
+                result = self._run_case(index, case, case_id, resolved[index])
                 if result.status != "ok":
                     outcome.failed.append((index, case.label(), result.error or result.status))
                 self.hooks.case_done(index, result.status, result.error)
@@ -265,6 +265,19 @@ def _describe_exit(returncode: int, trials: int, wanted: int) -> str:
         hint = " (likely out of memory)" if sig == "SIGKILL" else ""
         return f"worker killed by {sig}{hint} {done}"
     return f"worker exited with code {returncode} without a result {done}"
+
+
+def resolve_models(cases: list[Case]) -> list[models.ResolvedModel]:
+    """Each case's model, in the format its backend reads (a GGUF file or an HF directory);
+    each source × format is resolved once."""
+    done: dict[tuple[str, str], models.ResolvedModel] = {}
+    out = []
+    for case in cases:
+        key = (case.model, load_class(spec_for(case.backend)).model_format)
+        if key not in done:
+            done[key] = models.resolve(*key)
+        out.append(done[key])
+    return out
 
 
 def start_run(store: Store, command: str, profile: dict[str, Any]) -> str:

@@ -58,17 +58,17 @@ def physical_cores() -> int:
 
 def expand(backends: list[str], models: list[str], workloads: list[Workload],
            params: dict[str, list[Any]], where: str) -> list[Case]:
-    """The grid of cases; unset parameters take each backend's defaults."""
+    """The grid of cases; unset parameters take each backend's defaults. With several backends a
+    parameter applies to those that take it (engine flags differ); one no backend takes is an error."""
     cases = []
-    for backend in backends:
-        name = canonical(backend)
-        defaults = load_class(spec_for(name)).defaults
-        unknown = [p for p in params if p not in defaults]
-        if unknown:
-            raise TokbenchError(
-                f"{where}: backend {name} does not take parameter(s) {', '.join(unknown)}; "
-                f"it takes {', '.join(defaults)}"
-            )
+    taken = {canonical(b): load_class(spec_for(canonical(b))).defaults for b in backends}
+    unknown = [p for p in params if not any(p in defaults for defaults in taken.values())]
+    if unknown:
+        raise TokbenchError(
+            f"{where}: backend {', '.join(taken)} does not take parameter(s) {', '.join(unknown)}; "
+            + "; ".join(f"{name} takes {', '.join(d)}" for name, d in taken.items())
+        )
+    for name, defaults in taken.items():
         grid = {k: params.get(k) or [defaults[k]] for k in defaults}
         if grid.get("threads") == [None]:
             grid["threads"] = [physical_cores()]

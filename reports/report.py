@@ -20,7 +20,7 @@ import pandas as pd
 
 from reports import comparison as cmp
 from reports.plots import Plot, all_plots
-from reports.tables import summary_table, to_markdown
+from reports.tables import RIGHT_ALIGNED, summary_table, to_markdown
 from results.frames import cases_frame
 from results.reference import Device, reference
 from results.store import Store
@@ -89,8 +89,7 @@ def _measured_section(runs: list[cmp.RunData]) -> Section:
     data = pd.concat([rd.cases for rd in runs], ignore_index=True)
     return Section("measured", "Measured", "Every case of the run(s), per timed phase: mean ± sample "
                    "stddev of per-trial tok/s, and the median with its bootstrap 95% interval. "
-                   "`batch` > 1: tok/s is the aggregate over all sequences.", table, data,
-                   ("t/s", "median [95% CI]", "size", "params", "peak RSS"))
+                   "`batch` > 1: tok/s is the aggregate over all sequences.", table, data, RIGHT_ALIGNED)
 
 
 def _measured_roofline_section(measured: pd.DataFrame) -> Section:

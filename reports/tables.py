@@ -15,6 +15,7 @@ from rich.table import Table
 from backends.registry import load_class, spec_for
 
 _ALWAYS = ("threads",)
+RIGHT_ALIGNED = ("t/s", "median [95% CI]", "t/s per seq", "size", "params", "peak RSS")
 
 
 def _size(n_bytes: float | None) -> str:
@@ -77,22 +78,36 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
         _median(m, lo, hi)
         for m, lo, hi in zip(cases["tps_median"], cases["tps_ci_low"], cases["tps_ci_high"], strict=True)
     ]
+    if "param_batch" in cases and (cases["param_batch"].fillna(1) > 1).any():
+        batch = cases["param_batch"].fillna(1)
+        out["t/s per seq"] = [f"{m / b:.2f}" if not pd.isna(m) else "–"
+                              for m, b in zip(cases["tps_median"], batch, strict=True)]
     out["peak RSS"] = cases["peak_rss_bytes"].map(_size)
     if (cases["status"] != "ok").any():
         out["status"] = [
-            "ok" if s == "ok" else f"{s}: {e}" for s, e in zip(cases["status"], cases["error"], strict=True)
+            s if s == "ok" or not isinstance(e, str) else f"{s}: {e}"
+            for s, e in zip(cases["status"], cases["error"], strict=True)
         ]
     return out
 
 
-_RIGHT = ("t/s", "median [95% CI]", "size", "params", "peak RSS")
+def _cells(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text; a missing value (a parameter another backend lacks) as –."""
+    def text(v: object) -> str:
+        if v is None or (isinstance(v, float) and pd.isna(v)):
+            return "–"
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))  # an integer column turned float by another backend's gaps
+        return str(v)
+
+    return table.map(text)
 
 
-def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = _RIGHT) -> str:
+def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = RIGHT_ALIGNED) -> str:
     """A GitHub-flavoured Markdown table (pandas + tabulate); pipes and HTML in cells escaped."""
     if table.empty:
         return "_no cases_\n"
-    cells = table.astype(str).map(lambda v: html.escape(v, quote=False).replace("|", "\\|"))
+    cells = _cells(table).map(lambda v: html.escape(v, quote=False).replace("|", "\\|"))
     cells.columns = [html.escape(str(c), quote=False) for c in table.columns]
     align = tuple("right" if c in right else "left" for c in table.columns)
     return cells.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True) + "\n"
@@ -101,8 +116,8 @@ def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = _RIGHT) -> str:
 def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
     rich_table = Table(title=title, show_lines=False)
     for col in table.columns:
-        rich_table.add_column(col, justify="right" if col in _RIGHT else "left",
+        rich_table.add_column(col, justify="right" if col in RIGHT_ALIGNED else "left",
                               overflow="fold")
-    for row in table.astype(str).itertuples(index=False):
+    for row in _cells(table).itertuples(index=False):
         rich_table.add_row(*row)
     return rich_table

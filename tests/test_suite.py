@@ -120,3 +120,26 @@ def test_suite_file_errors_name_the_problem(tmp_path: Path, text: str, message: 
     assert message in str(err.value)
     assert "suite.toml" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_engine_parameters_apply_to_the_backends_that_take_them() -> None:
+    cases = expand(["llama.cpp", "vllm", "mlx"], ["m"], [parse_workload("tg8")],
+                   {"batch": [1, 8], "enforce_eager": [True]}, "cli")
+    by_backend = {b: [c.param_dict for c in cases if c.backend == b] for b in ("llama.cpp", "vllm", "mlx")}
+    assert all(len(v) == 2 and {p["batch"] for p in v} == {1, 8} for v in by_backend.values())
+    assert all(p["enforce_eager"] is True for p in by_backend["vllm"])
+    assert "enforce_eager" not in by_backend["mlx"][0] and "threads" in by_backend["llama.cpp"][0]
+    with pytest.raises(TokbenchError, match="does not take parameter"):
+        expand(["mlx"], ["m"], [parse_workload("tg8")], {"enforce_eager": [True]}, "cli")
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("gpu_memory_utilization", "1.5", "not a fraction"),
+    ("batch", "0", "batch must be ≥ 1"),
+    ("dtype", "int4", "dtype must be one of"),
+])
+def test_engine_parameter_values_are_checked(flag: str, value: str, message: str) -> None:
+    from harness.params import PARAMS, parse_list
+
+    with pytest.raises(TokbenchError, match=message):
+        parse_list(PARAMS[flag], value, f"--{flag}")
