@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the run finished but some cases failed; 2 bad input or an unusable
 environment (nothing was run); 130 interrupted. `ab` and `gate` (harness/cli_gate.py) have
-their own: 0 pass, 1 regression, 2 error, 3 inconclusive (--strict), 4 not comparable.
+their own: 0 pass, 1 regression, 2 error, 3 inconclusive (--strict), 4 not comparable;
+`compare` (harness/cli_report.py) exits 4 when it refuses runs whose hard fingerprints differ.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import cli_gate, hardware, models_cli
+from harness import cli_gate, cli_report, hardware, models_cli
 from harness.errors import TokbenchError
 from harness.models import DEFAULT_MODEL
 from harness.params import PARAMS, parse_list
@@ -298,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models_cli.add_parser(sub)
     cli_gate.add_commands(sub)  # ab, gate: the regression gate
+    cli_report.add_commands(sub)  # report, compare
     return parser
 
 
@@ -306,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    to_stderr = args.command == "export" or bool(getattr(args, "json", False))
+    # commands that can write their document to stdout talk on stderr
+    to_stderr = (args.command in ("export", "report") or bool(getattr(args, "json", False))
+                 or (args.command == "compare" and args.format != "text"))
     tty = (sys.stderr if to_stderr else sys.stdout).isatty()
     console = Console(stderr=to_stderr, width=None if tty else 200)
     try:

@@ -25,7 +25,7 @@ AB_REPETITIONS = 10
 EXIT_INTERRUPTED = 130
 
 
-def _document(ref: str, store_path: str | None) -> dict[str, Any]:
+def run_doc(ref: str, store_path: str | None) -> dict[str, Any]:
     """A run document from an exported JSON file or a run reference in the store."""
     from results.export import read_document, run_document
     from results.store import Store
@@ -47,9 +47,9 @@ def _baseline(ref: str, store_path: str | None) -> tuple[dict[str, Any] | None, 
     if (path.suffix == ".json" or os.sep in ref) and not path.exists():
         return None, f"no baseline: {ref} does not exist (store one with `tokbench export RUN -o {ref}`)"
     if path.suffix == ".json" or path.is_file():
-        return _document(ref, store_path), None
+        return run_doc(ref, store_path), None
     try:
-        return _document(ref, store_path), None
+        return run_doc(ref, store_path), None
     except TokbenchError as exc:
         return None, f"no baseline: {exc}"
 
@@ -79,7 +79,7 @@ def _emit(report: GateReport, args: argparse.Namespace, console: Console) -> int
 
 def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     config = load_gate_config(args.config)
-    current = _document(args.current, args.store)
+    current = run_doc(args.current, args.store)
     if args.baseline is None:
         report = compare_arms(current, config, args.strict)
     else:

@@ -128,18 +128,18 @@ def case_label(case: dict[str, Any], other: dict[str, Any] | None = None) -> str
     return " ".join(out)
 
 
-def _key(case: dict[str, Any]) -> tuple[Any, ...]:
+def case_key(case: dict[str, Any]) -> tuple[Any, ...]:
     """What must be equal for two cases to be compared (the arm of an A/B run included)."""
     return (case["backend"], case.get("model_id") or case["model"], case["workload"],
             json.dumps(case.get("params") or {}, sort_keys=True), case.get("arm"))
 
 
-def _values(case: dict[str, Any], metric: Metric) -> list[float]:
+def metric_values(case: dict[str, Any], metric: Metric) -> list[float]:
     return [metric.value(t["n_tokens"], t["duration_ns"]) for t in case.get("trials", [])
             if t["phase"] == metric.phase and t["duration_ns"] > 0]
 
 
-def _metrics(case: dict[str, Any]) -> list[Metric]:
+def case_metrics(case: dict[str, Any]) -> list[Metric]:
     """Metrics the case's workload times, plus any serving phase its trials carry."""
     phases = {"pp": case["n_prompt"] > 0, "tg": case["n_gen"] > 0}
     present = {t["phase"] for t in case.get("trials", [])}
@@ -149,14 +149,14 @@ def _metrics(case: dict[str, Any]) -> list[Metric]:
 def _entries(label: str, base: dict[str, Any] | None, cur: dict[str, Any], config: GateConfig,
              today: dt.date) -> list[Entry]:
     out = []
-    for metric in _metrics(cur):
+    for metric in case_metrics(cur):
         th = config.thresholds(label, metric.key)
-        cur_values = _values(cur, metric)
+        cur_values = metric_values(cur, metric)
         if base is None:
             out.append(Entry(label, metric, [], cur_values, th, NO_BASELINE,
                              "no baseline case with the same backend, model, workload and parameters"))
             continue
-        base_values = _values(base, metric)
+        base_values = metric_values(base, metric)
         failed = [(who, c) for who, c in (("baseline", base), ("current", cur)) if c["status"] != "ok"]
         if failed:
             who, c = failed[0]
@@ -219,14 +219,14 @@ def compare_runs(baseline: dict[str, Any] | None, current: dict[str, Any], confi
         report.not_comparable = missing or "no baseline"
     else:
         report.not_comparable, report.warnings = check_fingerprints(baseline, current)
-    index = {_key(c): c for c in baseline["cases"]} if baseline else {}
+    index = {case_key(c): c for c in baseline["cases"]} if baseline else {}
     for case in current["cases"]:
         label = case_label(case)
         if report.not_comparable:
-            report.entries += [Entry(label, m, [], _values(case, m), config.thresholds(label, m.key),
-                                     NOT_COMPARABLE, report.not_comparable) for m in _metrics(case)]
+            report.entries += [Entry(label, m, [], metric_values(case, m), config.thresholds(label, m.key),
+                                     NOT_COMPARABLE, report.not_comparable) for m in case_metrics(case)]
             continue
-        report.entries += _entries(label, index.get(_key(case)), case, config, today)
+        report.entries += _entries(label, index.get(case_key(case)), case, config, today)
     unmatched = len([e for e in report.entries if e.verdict == NO_BASELINE])
     if unmatched and not report.not_comparable:
         report.warnings.append(f"{unmatched} case × metric(s) have no baseline; refresh the baseline "

@@ -27,9 +27,10 @@ def kv_cache_bytes(spec: ModelSpec, n_ctx: int, bytes_per_value: int = 2) -> int
 
 
 def recurrent_state_bytes(spec: ModelSpec) -> int:
-    """LFM2 short-conv state: the last L-1 inputs of the 3·hidden projection, F32."""
+    """LFM2 short-conv state: the last L-1 gated inputs (hidden wide) of each conv layer, F32
+    (llama.cpp's n_embd_r = n_embd · (l_cache − 1))."""
     conv_layers = sum(not spec.is_attention(i) for i in range(spec.n_layer))
-    return conv_layers * 3 * spec.hidden * (spec.conv_l_cache - 1) * 4
+    return conv_layers * spec.hidden * (spec.conv_l_cache - 1) * 4
 
 
 def compute_buffer_bytes(spec: ModelSpec) -> int:

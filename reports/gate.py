@@ -8,11 +8,13 @@ import math
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
 from harness.gate import ERROR, IMPROVED, INCONCLUSIVE, PASS, REGRESSION
 from harness.gate_compare import Entry, GateReport
+from reports import tables
 
 FORMAT = "tokbench-gate"
 VERSION = 1
@@ -76,14 +78,11 @@ def to_markdown(report: GateReport) -> str:
     lines = [f"## tokbench {report.mode}: {report.summary}", "", _sides(report), ""]
     table = rows(report)
     if table:
-        lines += ["| " + " | ".join(_COLUMNS) + " |",
-                  "| " + " | ".join("---" if c in ("case", "metric", "verdict") else "---:"
-                                    for c in _COLUMNS) + " |"]
-        for row in table:
-            cells = [(f"{_ICONS.get(row[c].split(' ')[0], '')} " if c == "verdict" else "") +
-                     row[c].replace("|", "\\|") for c in _COLUMNS]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+        icons = [_ICONS.get(row["verdict"].split(" ")[0], "") for row in table]
+        frame = pd.DataFrame([{**row, "verdict": f"{icon} {row['verdict']}"}
+                              for row, icon in zip(table, icons, strict=True)], columns=_COLUMNS)
+        lines.append(tables.to_markdown(frame, right=tuple(c for c in _COLUMNS
+                                                           if c not in ("case", "metric", "verdict"))))
     reasons = [f"- **{e.case}** {e.metric.title}: {e.reason}" for e in report.entries if e.verdict != PASS]
     if reasons:
         lines += ["<details><summary>why</summary>", "", *reasons, "", "</details>", ""]

@@ -7,13 +7,15 @@ memory. Failed cases keep a row that says what failed.
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 from rich.table import Table
 
 from backends.registry import load_class, spec_for
 
 _ALWAYS = ("threads",)
-_RIGHT = ("t/s", "median [95% CI]", "t/s per seq", "size", "params", "peak RSS")
+RIGHT_ALIGNED = ("t/s", "median [95% CI]", "t/s per seq", "size", "params", "peak RSS")
 
 
 def _size(n_bytes: float | None) -> str:
@@ -101,22 +103,20 @@ def _cells(table: pd.DataFrame) -> pd.DataFrame:
     return table.map(text)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = RIGHT_ALIGNED) -> str:
+    """A GitHub-flavoured Markdown table (pandas + tabulate); pipes and HTML in cells escaped."""
     if table.empty:
         return "_no cases_\n"
-    cells = _cells(table).map(lambda v: v.replace("|", "\\|"))
-    header = "| " + " | ".join(table.columns) + " |"
-    align = "| " + " | ".join("---:" if c in _RIGHT
-                              else "---" for c in table.columns) + " |"
-    body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join([header, align, *body]) + "\n"
+    cells = _cells(table).map(lambda v: html.escape(v, quote=False).replace("|", "\\|"))
+    cells.columns = [html.escape(str(c), quote=False) for c in table.columns]
+    align = tuple("right" if c in right else "left" for c in table.columns)
+    return cells.to_markdown(index=False, tablefmt="pipe", colalign=align, disable_numparse=True) + "\n"
 
 
 def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
     rich_table = Table(title=title, show_lines=False)
     for col in table.columns:
-        rich_table.add_column(col, justify="right" if col in _RIGHT else "left",
+        rich_table.add_column(col, justify="right" if col in RIGHT_ALIGNED else "left",
                               overflow="fold")
     for row in _cells(table).itertuples(index=False):
         rich_table.add_row(*row)

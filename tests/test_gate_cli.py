@@ -279,4 +279,6 @@ def test_show_lists_the_arms_of_an_ab_run(tmp_path: Path, capsys: pytest.Capture
     write_run(path, "ab-run", 1.0, [case(arm="A", threads=1), case(arm="B", threads=2)])
     assert main(["--store", str(path), "export", "ab-run", "--format", "md"]) == 0
     header, _, *body = capsys.readouterr().out.splitlines()
-    assert "| arm |" in header and [line.split(" | ")[4] for line in body] == ["A", "A", "B", "B"]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    arms = [line.strip("|").split("|")[columns.index("arm")].strip() for line in body]
+    assert arms == ["A", "A", "B", "B"]

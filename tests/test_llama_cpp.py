@@ -206,7 +206,8 @@ def test_tabular_exports(all_workloads_run: Path, tmp_path: Path, fmt: str) -> N
         assert len(rows) == 10 and all(r["tps_median"] > 0 for r in rows)
     else:
         lines = text.splitlines()
-        assert lines[0].startswith("| model | size | params | backend | threads | test | t/s")
+        columns = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert columns[:7] == ["model", "size", "params", "backend", "threads", "test", "t/s"]
         assert len(lines) == 2 + 10 and "±" in lines[2]
 
 
@@ -231,3 +232,15 @@ def test_profile_reports_the_engine(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["profile"]["physical_cores"] >= 1 and doc["profile"]["ram_bytes"] > 0
     assert doc["fingerprint"]["hard"]["engines"]["llama.cpp"]["engine_version"] == engine["engine_version"]
     assert "kernel" in doc["fingerprint"]["soft"]
+
+
+def test_report_over_a_real_run_reads_bytes_from_the_gguf(all_workloads_run: Path, tiny_gguf: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    assert main(["--store", str(all_workloads_run), "report", "last", "--against", "published",
+                 "--format", "csv", "-o", str(out)]) == 0
+    roof = pd.read_csv(out / "measured_roofline.csv")
+    assert (roof["shape_from"] == "from the GGUF's tensors").all()
+    tiny = roof[(roof["model"] == str(tiny_gguf)) & (roof["test"] == "tg16")].iloc[0]
+    assert tiny["bytes_per_token"] == 723_520 + 512 * 8.5  # as hand-computed in test_roofline.py
+    assert roof["ceiling_tps"].isna().all()  # the run was made with --no-bandwidth: no ceiling

@@ -1,0 +1,113 @@
+"""`tokbench compare RUN_A RUN_B`: matched cases side by side, with speed ratios.
+
+Cases match as the gate matches them (harness.gate_compare.case_key: backend, model identity,
+workload, parameters); fingerprints are checked the gate's way too. A hard-field difference
+(CPU, cores, RAM, GPUs, engine build) refuses the comparison unless forced, and a forced one says
+so above and below the table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from harness.gate import compare
+from harness.gate_compare import case_key, case_label, case_metrics, check_fingerprints, metric_values
+
+EXIT_OK, EXIT_NOT_COMPARABLE = 0, 4
+COLUMNS = ("case", "metric", "A median", "B median", "B ÷ A speed [95% CI]", "status")
+
+
+@dataclass
+class RunComparison:
+    run_a: str
+    run_b: str
+    rows: pd.DataFrame
+    not_comparable: str | None = None
+    forced: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_NOT_COMPARABLE if self.not_comparable and not self.forced else EXIT_OK
+
+    @property
+    def banner(self) -> str | None:
+        """The loud line a forced or refused comparison carries."""
+        if not self.not_comparable:
+            return None
+        if self.forced:
+            return f"NOT COMPARABLE, shown because of --force: {self.not_comparable}"
+        return f"NOT COMPARABLE (exit 4; --force shows it anyway): {self.not_comparable}"
+
+
+def _num(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x:,.2f}"
+
+
+def _rows(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[dict[str, Any]]:
+    case = b or a
+    assert case is not None
+    label = case_label(case)
+    out = []
+    for metric in case_metrics(case):
+        va = metric_values(a, metric) if a else []
+        vb = metric_values(b, metric) if b else []
+        failed = [f"{who} {c['status']}: {c.get('error') or 'no result'}"
+                  for who, c in (("A", a), ("B", b)) if c is not None and c["status"] != "ok"]
+        status = "; ".join(failed) or ("only in A" if b is None else "only in B" if a is None else "ok")
+        row = {"case": label, "metric": metric.title, "unit": metric.unit, "n_a": len(va), "n_b": len(vb),
+               "median_a": math.nan, "median_b": math.nan, "speed_ratio": math.nan, "ci_low": math.nan,
+               "ci_high": math.nan, "status": status}
+        if va and vb:
+            c = compare(va, vb, higher_is_better=metric.higher_is_better)
+            row.update(median_a=c.median_baseline, median_b=c.median_current, speed_ratio=c.ratio,
+                       ci_low=c.ci_low, ci_high=c.ci_high)
+        elif va or vb:
+            row.update(median_a=float(pd.Series(va).median()) if va else math.nan,
+                       median_b=float(pd.Series(vb).median()) if vb else math.nan)
+        out.append(row)
+    return out
+
+
+def compare_documents(doc_a: dict[str, Any], doc_b: dict[str, Any], force: bool = False) -> RunComparison:
+    """Every case of either run, matched by case key; ratios are B's speed over A's (> 1: B faster)."""
+    not_comparable, warnings = check_fingerprints(doc_a, doc_b)
+    result = RunComparison(doc_a["run"]["run_id"], doc_b["run"]["run_id"], pd.DataFrame(),
+                           not_comparable, force, warnings)
+    if not_comparable and not force:
+        return result
+    index_a = {case_key(c): c for c in doc_a["cases"]}
+    keys_b = set()
+    rows = []
+    for b in doc_b["cases"]:
+        keys_b.add(case_key(b))
+        rows += _rows(index_a.get(case_key(b)), b)
+    rows += [r for k, a in index_a.items() if k not in keys_b for r in _rows(a, None)]
+    result.rows = pd.DataFrame(rows)
+    return result
+
+
+def display(result: RunComparison) -> pd.DataFrame:
+    """Display cells, one row per case × metric."""
+    if result.rows.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    r = result.rows
+
+    def ratio(row: pd.Series) -> str:
+        if math.isnan(row["speed_ratio"]):
+            return "–"
+        ci = "" if math.isnan(row["ci_low"]) else f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        return f"{row['speed_ratio']:.3f}{ci}"
+
+    def median(side: str) -> list[str]:
+        return [f"{_num(m)} {u} (n={n})"
+                for m, u, n in zip(r[f"median_{side}"], r["unit"], r[f"n_{side}"], strict=True)]
+
+    return pd.DataFrame({
+        "case": r["case"], "metric": r["metric"], "A median": median("a"), "B median": median("b"),
+        "B ÷ A speed [95% CI]": r.apply(ratio, axis=1), "status": r["status"],
+    })
