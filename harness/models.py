@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,43 +153,38 @@ def _inspect_gguf(source: str, path: Path) -> ResolvedModel:
             f"model {source!r}: {path.name} is not a GGUF file (magic {magic!r}); "
             "convert it with llama.cpp's convert_hf_to_gguf.py"
         )
-    from gguf import GGUFReader  # file-format library, not an engine
+    from harness.gguf_header import read_header
 
     try:
-        reader = GGUFReader(path)
-        end = max(
-            (int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=reader.data_offset
-        )
-    except (ValueError, IndexError, struct.error, OSError) as exc:
+        header = read_header(path)
+    except TokbenchError as exc:
         raise TokbenchError(
             f"model {source!r}: {path.name} is a corrupt or truncated GGUF ({exc}); "
             "download or generate it again"
         ) from None
+    end = max((header.data_offset + t.offset + t.n_bytes for t in header.tensors),
+              default=header.data_offset)
     if end > size:
         raise TokbenchError(
             f"model {source!r}: {path.name} is truncated ({size:,} bytes, tensors need {end:,}); "
             "download or generate it again"
         )
     with path.open("rb") as fh:
-        header = fh.read(reader.data_offset)
-    model_id = f"{size}-{hashlib.sha256(header).hexdigest()[:16]}"
-    return ResolvedModel(source, path, size, model_id, _field(reader, "general.architecture"),
-                         _quant(reader))
+        header_bytes = fh.read(header.data_offset)
+    model_id = f"{size}-{hashlib.sha256(header_bytes).hexdigest()[:16]}"
+    arch = header.fields.get("general.architecture")
+    return ResolvedModel(source, path, size, model_id, None if arch is None else str(arch),
+                         _quant(header.fields.get("general.file_type")))
 
 
-def _field(reader: object, key: str) -> str | None:
-    field = reader.get_field(key)  # type: ignore[attr-defined]
-    return None if field is None else str(field.contents())
-
-
-def _quant(reader: object) -> str | None:
+def _quant(file_type: object) -> str | None:
+    """general.file_type as a quant name (Q4_K_M), or as stored when llama.cpp has no name for it."""
     from gguf import LlamaFileType
 
-    field = reader.get_field("general.file_type")  # type: ignore[attr-defined]
-    if field is None:
+    if file_type is None:
         return None
     try:
-        name = LlamaFileType(int(field.contents())).name
-    except ValueError:
-        return str(field.contents())
+        name = LlamaFileType(int(file_type)).name
+    except (TypeError, ValueError):
+        return str(file_type)
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
