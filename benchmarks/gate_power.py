@@ -7,12 +7,15 @@ from that span's own measured time; benchmark-only, reached through an arm's `py
 wrapper, never by a tokbench user). Jobs of the three conditions are interleaved, so the
 machine's load hits them alike. Both arms of every job go through the wrapper.
 
-Besides the real jobs it reports, clearly labelled, a resampled estimate: every A/A job's arm A
-against every other A/A (or slowed) job's arm B, which is what `tokbench gate` does against a
-baseline stored by an earlier job. Those pairs share jobs, so they are not independent.
+Verdicts are re-judged from the saved samples with this checkout's statistics (as `tokbench ab`
+judges: trial i of A paired with trial i of B). Besides the real jobs it replays, clearly
+labelled, `tokbench gate` against stored baselines as CI would keep them: each job's arm B
+against the arm A of the 1 or 5 most recent earlier A/A jobs (run-to-run drift measured from
+those 5). Those replays share jobs, so they are not independent.
 
-    python benchmarks/gate_power.py --aa 36 --slow 18 --budget-min 30 \
+    python benchmarks/gate_power.py --aa 300 --slow 30 --slow-5 10 --budget-min 112 \
         --out benchmarks/gate_power_results.json
+    python benchmarks/gate_power.py --report-only benchmarks/gate_power_results*.json
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.gate import REGRESSION, compare  # noqa: E402
+from harness.gate import REGRESSION, Comparison, Drift, Thresholds, compare  # noqa: E402
 
 CONDITIONS = {"A/A": 0.0, "5% slower": 0.05, "10% slower": 0.10}
 
@@ -65,18 +69,29 @@ def _job(folder: Path, n: int, slowdown: float, args: argparse.Namespace) -> dic
                         for e in doc["entries"]]}
 
 
-def _rate(k: int, n: int) -> str:
+def _rate(k: int, n: int, one_sided: bool = False) -> str:
+    """k/n with its exact 95% interval; one-sided (an upper bound) for a false-alarm rate."""
     if not n:
         return "–"
+    if one_sided:
+        high = binomtest(k, n, alternative="less").proportion_ci(0.95, method="exact").high
+        return f"{k}/{n} = {k / n:.1%} (≤ {high:.2%} at 95%)"
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     return f"{k}/{n} = {k / n:.1%} (95% CI {ci.low:.1%}–{ci.high:.1%})"
 
 
+def _judge(e: dict[str, Any]) -> Comparison:
+    """An ab job's verdict from its saved samples, as `tokbench ab` computes it (ABBA pairs)."""
+    base, cur = e["samples"]["baseline"], e["samples"]["current"]
+    return compare(base, cur, paired=len(base) == len(cur))
+
+
 def _rejudge(jobs: list[dict[str, Any]]) -> None:
-    """Verdicts from the saved samples with this checkout's statistics (as the jobs computed)."""
+    """Verdicts from the saved samples with this checkout's statistics."""
     for job in jobs:
         for e in job["entries"]:
-            e["verdict"] = compare(e["samples"]["baseline"], e["samples"]["current"]).verdict
+            result = _judge(e)
+            e["verdict"], e["margin"] = result.verdict, (1 - result.threshold) - result.ci_high
 
 
 def _report(jobs: list[dict[str, Any]]) -> list[str]:
@@ -88,32 +103,54 @@ def _report(jobs: list[dict[str, Any]]) -> list[str]:
         tallies = []
         for metric in ("prefill", "decode"):
             verdicts = [e["verdict"] for j in mine for e in j["entries"] if e["metric"] == metric]
-            per_metric[metric] = _rate(verdicts.count(REGRESSION), len(verdicts))
+            per_metric[metric] = _rate(verdicts.count(REGRESSION), len(verdicts), not slowdown)
             tallies.append(", ".join(f"{v} {verdicts.count(v)}" for v in sorted(set(verdicts))))
         any_reg = sum(any(e["verdict"] == REGRESSION for e in j["entries"]) for j in mine)
-        lines.append(f"| {name} | {len(mine)} | {_rate(any_reg, len(mine))} | {per_metric['prefill']} | "
-                     f"{per_metric['decode']} | {'; '.join(tallies)} |")
+        lines.append(f"| {name} | {len(mine)} | {_rate(any_reg, len(mine), not slowdown)} | "
+                     f"{per_metric['prefill']} | {per_metric['decode']} | {'; '.join(tallies)} |")
+    aa = [e for j in jobs if j["slowdown"] == 0.0 for e in j["entries"]]
+    if aa:
+        closest = max(aa, key=lambda e: e["margin"])
+        lines.append(f"\nClosest A/A call: {closest['metric']} interval top {-closest['margin']:.1%} above "
+                     f"its REGRESSION line (a false alarm needs it below).")
     return lines
 
 
-def _cross_job(jobs: list[dict[str, Any]]) -> list[str]:
-    """Resampled: arm A of one A/A job as the stored baseline, arm B of another job as current."""
-    aa = [j for j in jobs if j["slowdown"] == 0.0]
-    lines = ["| resampled: baseline = arm A of an A/A job, current = arm B of another job | pairs | "
-             "REGRESSION (prefill) | REGRESSION (decode) |", "| --- | ---: | --- | --- |"]
-    for name, slowdown in CONDITIONS.items():
-        others = [j for j in jobs if j["slowdown"] == slowdown]
-        counts = {"prefill": [0, 0], "decode": [0, 0]}
-        for base in aa:
-            for cur in others:
-                if cur is base:
-                    continue
-                for eb, ec in zip(base["entries"], cur["entries"], strict=True):
-                    verdict = compare(eb["samples"]["baseline"], ec["samples"]["current"]).verdict
-                    counts[eb["metric"]][0] += verdict == REGRESSION
-                    counts[eb["metric"]][1] += 1
-        n = counts["decode"][1]
-        lines.append(f"| {name} | {n} | {_rate(*counts['prefill'])} | {_rate(*counts['decode'])} |")
+def _history(jobs: list[dict[str, Any]], runs: int) -> dict[float, dict[str, list[str]]]:
+    """`tokbench gate` against stored baselines, as CI would keep them: for each job in time
+    order, the `runs` most recent earlier A/A jobs' arm A is the baseline history, this job's
+    arm B the current run."""
+    out: dict[float, dict[str, list[str]]] = {}
+    for i, job in enumerate(jobs):
+        earlier = [j for j in jobs[:i] if j["slowdown"] == 0.0][-runs:]
+        if len(earlier) < runs:
+            continue
+        for metric in ("prefill", "decode"):
+            bases = [next(e for e in j["entries"] if e["metric"] == metric)["samples"]["baseline"]
+                     for j in earlier]
+            current = next(e for e in job["entries"] if e["metric"] == metric)["samples"]["current"]
+            th = Thresholds()
+            drift = Drift.from_medians([float(np.median(b)) for b in bases], th)
+            verdict = compare([v for b in bases for v in b], current, th, drift=drift).verdict
+            out.setdefault(job["slowdown"], {}).setdefault(metric, []).append(verdict)
+    return out
+
+
+def _gate_report(jobs: list[dict[str, Any]]) -> list[str]:
+    lines = ["| `gate` vs stored runs | baseline runs | jobs | prefill REGRESSION | decode REGRESSION | "
+             "verdicts (prefill; decode) |", "| --- | ---: | ---: | --- | --- | --- |"]
+    for runs in (1, 5):
+        found = _history(jobs, runs)
+        for name, slowdown in CONDITIONS.items():
+            by_metric = found.get(slowdown, {})
+            if not by_metric:
+                continue
+            rates = [_rate(v.count(REGRESSION), len(v), not slowdown)
+                     for v in (by_metric["prefill"], by_metric["decode"])]
+            tallies = "; ".join(", ".join(f"{v} {vs.count(v)}" for v in sorted(set(vs)))
+                                for vs in by_metric.values())
+            lines.append(f"| {name} | {runs} | {len(by_metric['decode'])} | {rates[0]} | {rates[1]} | "
+                         f"{tallies} |")
     return lines
 
 
@@ -144,13 +181,15 @@ def main() -> int:
     parser.add_argument("--slow-5", type=int, default=None, help="jobs at 5%% (default: --slow)")
     parser.add_argument("--budget-min", type=float, default=30, help="stop starting jobs after this")
     parser.add_argument("--out", help="write every job's verdicts and samples as JSON")
-    parser.add_argument("--report-only", help="re-render the report from a saved --out file")
+    parser.add_argument("--report-only", nargs="+", metavar="FILE",
+                        help="re-render the report from saved --out files (pooled)")
     args = parser.parse_args()
 
     if args.report_only:
-        saved = json.loads(Path(args.report_only).read_text())
-        jobs, wall = saved["jobs"], saved["wall_s"]
-        _rejudge(jobs)
+        saved = [json.loads(Path(file).read_text()) for file in args.report_only]
+        jobs = [j for doc in saved for j in doc["jobs"]]
+        wall = sum(doc["wall_s"] for doc in saved)
+        stored = [_gate_report(doc["jobs"]) for doc in saved]  # time order holds within a file
     else:
         order = _order({0.0: args.aa, 0.10: args.slow, 0.05: args.slow_5 if args.slow_5 is not None
                         else args.slow})
@@ -169,11 +208,14 @@ def main() -> int:
                 print(f"[{wall:6.0f}s] job {n + 1}/{len(order)} slowdown {slowdown:.0%}: "
                       f"{verdicts}", file=sys.stderr)
         wall = time.monotonic() - t0
+        stored = [_gate_report(jobs)]
+    _rejudge(jobs)
     n_trials = len(jobs[0]["entries"][0]["samples"]["baseline"]) if jobs else 0
     print(f"{len(jobs)} jobs, {n_trials} trials per arm, wall time {wall / 60:.1f} min\n")
     print("\n".join(_report(jobs)))
-    print()
-    print("\n".join(_cross_job(jobs)))
+    for file, lines in zip(args.report_only or [args.out], stored, strict=True):
+        print(f"\n{file or 'this run'}:")
+        print("\n".join(lines))
     return 0
 
 

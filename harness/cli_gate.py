@@ -83,8 +83,11 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     if args.baseline is None:
         report = compare_arms(current, config, args.strict)
     else:
-        baseline, missing = _baseline(args.baseline, args.store)
-        report = compare_runs(baseline, current, config, args.strict, missing=missing)
+        found = [_baseline(ref, args.store) for ref in args.baseline]
+        missing = next((why for doc, why in found if doc is None), None)
+        baselines = [] if missing else [doc for doc, _ in found if doc is not None]
+        baselines.sort(key=lambda doc: doc["run"].get("started_at") or "")
+        report = compare_runs(baselines, current, config, args.strict, missing=missing)
     return _emit(report, args, console)
 
 
@@ -159,8 +162,10 @@ def add_commands(sub: Any) -> None:
     ab.set_defaults(func=cmd_ab)
 
     gate = sub.add_parser("gate", help="verdicts of a run against a stored baseline")
-    gate.add_argument("--baseline", help="baseline: run id/prefix/last~N or an exported run .json "
-                                         "(omit to compare the arms of an `ab` run)")
+    gate.add_argument("--baseline", nargs="+", metavar="RUN",
+                      help="baseline run(s): run id/prefix/last~N or exported run .json files; give "
+                           "≥ 3 (e.g. the last main-branch runs) to measure run-to-run drift "
+                           "(omit to compare the arms of an `ab` run)")
     gate.add_argument("--current", default="last", help="current run (default last) or .json file")
     _add_outputs(gate)
     gate.set_defaults(func=cmd_gate)

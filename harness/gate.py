@@ -2,15 +2,26 @@
 
 The statistic is the speed ratio of medians (current ÷ baseline for rates, baseline ÷ current
 for latencies, so below 1 always means slower), with a seeded percentile-bootstrap interval,
-and a one-sided Mann-Whitney U test. Rules, in order:
+and a one-sided Mann-Whitney U test. Two settings change the interval, not the statistic:
+
+- paired (`tokbench ab`): trial i of A and trial i of B ran side by side in one ABBA block, so
+  the bootstrap resamples pairs. Drift that slows both arms alike (heat, a neighbour's job)
+  then stays out of the interval instead of widening it.
+- run-to-run drift (`tokbench gate`): a stored baseline ran in another job, and job-to-job
+  drift of the medians is larger than a run's own trial noise (measured here: 3–5% on a
+  shared 2-core VM). Its half-width, q·σ·√(1 + 1/k) for σ the spread of k baseline runs'
+  medians, is added in quadrature (in log space) to the bootstrap interval's; σ is measured
+  when the baseline holds ≥ MIN_HISTORY runs, and `run_to_run_cv` is assumed otherwise.
+
+Rules, in order:
 
 1. INCONCLUSIVE when either arm has fewer than `min_trials` trials, or when either arm's robust
    CV (1.4826·MAD / median: the stddev a normal sample with that MAD would have, relative to
    the median; outliers barely move it) exceeds `max_cv`.
 2. The effective threshold is max(fail, noise floor); the noise floor is the larger robust CV
-   of the two arms, i.e. one typical trial-to-trial deviation. A change smaller than that is
-   never called, however many trials make it "significant": it guards against between-job
-   drift, which the within-run interval cannot see.
+   of the two arms (one typical trial-to-trial deviation) or, against a stored baseline, the
+   run-to-run drift σ when that is larger. A change smaller than that is never called, however
+   many trials make it "significant".
 3. REGRESSION when the whole interval is below 1 − threshold and U says "slower" (p < alpha);
    INCONCLUSIVE when the interval straddles 1 − threshold (or U disagrees), or reaches below
    1 − fail without being wholly below 1 − threshold (a change within the noise floor);
@@ -71,9 +82,45 @@ class Thresholds:
     min_trials: int = 6
     alpha: float = 0.05
     confidence: float = 0.95
+    #: Run-to-run CV of a case's median, assumed against a stored baseline of fewer than
+    #: MIN_HISTORY runs (measured on a quiet shared 2-core VM: 3.3% decode, 4.5% prefill).
+    run_to_run_cv: float = 0.04
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+#: Baseline runs needed to measure run-to-run drift instead of assuming `run_to_run_cv`.
+MIN_HISTORY = 3
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Run-to-run drift of one case × metric's median, for a baseline stored by other jobs."""
+
+    cv: float  # σ of log(run median), ≈ relative standard deviation
+    runs: int  # baseline runs pooled into the baseline sample
+    measured: bool  # False: Thresholds.run_to_run_cv, assumed
+
+    @classmethod
+    def from_medians(cls, medians: Sequence[float], thresholds: Thresholds) -> Drift:
+        """σ from the baseline runs' own medians when there are MIN_HISTORY or more."""
+        logs = np.log(np.asarray(medians, dtype=float))
+        if logs.size >= MIN_HISTORY:
+            return cls(float(np.std(logs, ddof=1)), int(logs.size), True)
+        return cls(thresholds.run_to_run_cv, max(int(logs.size), 1), False)
+
+    def half_width(self, confidence: float) -> float:
+        """Log-space half-width of a prediction interval for one new run's median."""
+        tail = (1 + confidence) / 2
+        q = sps.t.ppf(tail, self.runs - 1) if self.measured else sps.norm.ppf(tail)
+        return float(q * self.cv * math.sqrt(1 + 1 / self.runs))
+
+    def describe(self) -> str:
+        if self.measured:
+            return f"run-to-run drift {self.cv:.1%} measured over {self.runs} baseline runs"
+        return (f"run-to-run drift {self.cv:.1%} assumed (run_to_run_cv; {self.runs} baseline "
+                f"run{'s' if self.runs > 1 else ''}, give ≥ {MIN_HISTORY} to measure it)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +144,8 @@ class Comparison:
     threshold: float  # max(fail, noise floor)
     warn: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
+    paired: bool = False  # the interval resampled ABBA pairs
+    drift: Drift | None = None  # run-to-run drift widened the interval (a stored baseline)
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -122,21 +171,32 @@ def _speed_ratio(higher_is_better: bool) -> Callable[..., np.ndarray]:
 
 
 def _interval(base: np.ndarray, cur: np.ndarray, higher_is_better: bool, confidence: float,
-              seed: int) -> tuple[float, float]:
+              seed: int, paired: bool) -> tuple[float, float]:
     if np.ptp(base) == 0 and np.ptp(cur) == 0:
         ratio = float(_speed_ratio(higher_is_better)(base, cur))
         return ratio, ratio
     res = sps.bootstrap(
-        (base, cur), _speed_ratio(higher_is_better), paired=False, vectorized=True,
+        (base, cur), _speed_ratio(higher_is_better), paired=paired, vectorized=True,
         confidence_level=confidence, n_resamples=N_RESAMPLES, method="percentile",
         rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _widen(ratio: float, low: float, high: float, extra: float) -> tuple[float, float]:
+    """Each side of the interval and `extra` (log-space half-widths) added in quadrature."""
+    r = math.log(ratio)
+    below, above = r - math.log(low), math.log(high) - r
+    return math.exp(r - math.hypot(below, extra)), math.exp(r + math.hypot(above, extra))
+
+
 def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thresholds | None = None,
-            higher_is_better: bool = True, seed: int = 0) -> Comparison:
-    """The verdict for one case × metric; the same inputs always give the same verdict."""
+            higher_is_better: bool = True, seed: int = 0, paired: bool = False,
+            drift: Drift | None = None) -> Comparison:
+    """The verdict for one case × metric; the same inputs always give the same verdict.
+
+    `paired`: baseline[i] and current[i] ran side by side (equal lengths required). `drift`: the
+    baseline ran in other jobs; its run-to-run drift widens the interval and raises the floor."""
     th = thresholds or Thresholds()
     base = np.asarray(baseline, dtype=float)
     cur = np.asarray(current, dtype=float)
@@ -145,20 +205,28 @@ def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thr
     med_b = float(np.median(base)) if n_b else nan
     med_c = float(np.median(cur)) if n_c else nan
     cv_b, cv_c = robust_cv(base), robust_cv(cur)
+    if paired and n_b != n_c:
+        raise ValueError(f"paired samples need equal lengths (baseline {n_b}, current {n_c})")
     ratio = ci_low = ci_high = p_slower = p_faster = nan
     if n_b and n_c:
         ratio = float(_speed_ratio(higher_is_better)(base, cur))
     if n_b >= 2 and n_c >= 2:
-        ci_low, ci_high = _interval(base, cur, higher_is_better, th.confidence, seed)
+        ci_low, ci_high = _interval(base, cur, higher_is_better, th.confidence, seed, paired)
+        if drift is not None and ratio > 0:
+            ci_low, ci_high = _widen(ratio, ci_low, ci_high, drift.half_width(th.confidence))
         slower, faster = ("less", "greater") if higher_is_better else ("greater", "less")
         p_slower = float(sps.mannwhitneyu(cur, base, alternative=slower).pvalue)
         p_faster = float(sps.mannwhitneyu(cur, base, alternative=faster).pvalue)
     floor = max(cv_b, cv_c) if not (math.isnan(cv_b) or math.isnan(cv_c)) else nan
+    if drift is not None and not math.isnan(floor):
+        floor = max(floor, drift.cv)
     threshold = max(th.fail, floor) if not math.isnan(floor) else th.fail
 
     def verdict(v: str, reason: str, warn: bool = False) -> Comparison:
+        if drift is not None:
+            reason = f"{reason}; {drift.describe()}"
         return Comparison(v, reason, n_b, n_c, med_b, med_c, cv_b, cv_c, ratio, ci_low, ci_high,
-                          p_slower, p_faster, floor, threshold, warn, th)
+                          p_slower, p_faster, floor, threshold, warn, th, paired, drift)
 
     if min(n_b, n_c) < th.min_trials:
         return verdict(INCONCLUSIVE, f"too few trials ({n_b} baseline, {n_c} current; "

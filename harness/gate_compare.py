@@ -1,8 +1,9 @@
 """Stored runs → gate verdicts: case matching, fingerprint checks, accepted regressions.
 
 Reads run documents (results.export.run_document, or a run exported as JSON) and never runs an
-engine. Two entry points: `compare_runs` (a current run against a stored baseline run) and
-`compare_arms` (the B arm of a `tokbench ab` run against its A arm).
+engine. Two entry points: `compare_runs` (a current run against one or more stored baseline
+runs, whose spread measures run-to-run drift) and `compare_arms` (the B arm of a `tokbench ab`
+run against its A arm, trial i of each paired).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import TokbenchError
 from harness.gate import (
     ERROR,
@@ -22,6 +25,7 @@ from harness.gate import (
     NOT_COMPARABLE,
     REGRESSION,
     Comparison,
+    Drift,
     Metric,
     Thresholds,
     compare,
@@ -134,9 +138,14 @@ def case_key(case: dict[str, Any]) -> tuple[Any, ...]:
             json.dumps(case.get("params") or {}, sort_keys=True), case.get("arm"))
 
 
+def metric_trials(case: dict[str, Any], metric: Metric) -> dict[int, float]:
+    """Trial number → the metric's value, in trial order."""
+    return {t["trial"]: metric.value(t["n_tokens"], t["duration_ns"]) for t in case.get("trials", [])
+            if t["phase"] == metric.phase and t["duration_ns"] > 0}
+
+
 def metric_values(case: dict[str, Any], metric: Metric) -> list[float]:
-    return [metric.value(t["n_tokens"], t["duration_ns"]) for t in case.get("trials", [])
-            if t["phase"] == metric.phase and t["duration_ns"] > 0]
+    return list(metric_trials(case, metric).values())
 
 
 def case_metrics(case: dict[str, Any]) -> list[Metric]:
@@ -146,24 +155,35 @@ def case_metrics(case: dict[str, Any]) -> list[Metric]:
     return [m for m in METRICS.values() if phases.get(m.phase, m.phase in present)]
 
 
-def _entries(label: str, base: dict[str, Any] | None, cur: dict[str, Any], config: GateConfig,
-             today: dt.date) -> list[Entry]:
+def _entries(label: str, bases: list[dict[str, Any]], cur: dict[str, Any], config: GateConfig,
+             today: dt.date, paired: bool = False) -> list[Entry]:
+    """Entries of one current case against its baseline cases: one (the A arm of an `ab` run,
+    `paired`) or the same case in each stored baseline run (run-to-run drift from their spread)."""
     out = []
     for metric in case_metrics(cur):
         th = config.thresholds(label, metric.key)
         cur_values = metric_values(cur, metric)
-        if base is None:
+        if not bases:
             out.append(Entry(label, metric, [], cur_values, th, NO_BASELINE,
                              "no baseline case with the same backend, model, workload and parameters"))
             continue
-        base_values = metric_values(base, metric)
-        failed = [(who, c) for who, c in (("baseline", base), ("current", cur)) if c["status"] != "ok"]
+        ok = [b for b in bases if b["status"] == "ok"]
+        base_values = [v for b in ok for v in metric_values(b, metric)]
+        failed = ([("current", cur)] if cur["status"] != "ok" else []) + (
+            [("baseline", bases[0])] if not ok else [])
         if failed:
             who, c = failed[0]
             out.append(Entry(label, metric, base_values, cur_values, th, ERROR,
                              f"{who} case {c['status']}: {c.get('error') or 'no result'}"))
             continue
-        result = compare(base_values, cur_values, th, metric.higher_is_better)
+        if paired:
+            a, b = metric_trials(ok[0], metric), metric_trials(cur, metric)
+            paired_here = a.keys() == b.keys()  # a lost trial on either side: unpaired
+            result = compare(base_values, cur_values, th, metric.higher_is_better, paired=paired_here)
+        else:
+            medians = [float(np.median(v)) for v in (metric_values(b, metric) for b in ok) if v]
+            result = compare(base_values, cur_values, th, metric.higher_is_better,
+                             drift=Drift.from_medians(medians, th))
         entry = Entry(label, metric, base_values, cur_values, th, result.verdict, result.reason, result)
         if result.verdict == REGRESSION:
             entry.accepted, entry.expired = config.acceptance(label, metric.key, today)
@@ -207,26 +227,43 @@ def _run_info(doc: dict[str, Any], **extra: Any) -> dict[str, Any]:
             **extra}
 
 
-def compare_runs(baseline: dict[str, Any] | None, current: dict[str, Any], config: GateConfig,
+def _baseline_info(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest baseline run's info, and every baseline run id when there are several."""
+    info = _run_info(docs[-1])
+    if len(docs) > 1:
+        info["runs"] = [d["run"]["run_id"] for d in docs]
+    return info
+
+
+def compare_runs(baselines: list[dict[str, Any]], current: dict[str, Any], config: GateConfig,
                  strict: bool = False, today: dt.date | None = None,
                  missing: str | None = None) -> GateReport:
-    """Every case of the current run against the baseline case with the same key. Without a
-    baseline (`missing` says why) every entry is NOT COMPARABLE, so reports still list them."""
+    """Every case of the current run against the cases with the same key in the baseline runs
+    (oldest first). Without a baseline (`missing` says why) every entry is NOT COMPARABLE, so
+    reports still list them."""
     today = today or dt.date.today()
-    report = GateReport("gate", _run_info(baseline) if baseline else {"run_id": None},
+    report = GateReport("gate", _baseline_info(baselines) if baselines else {"run_id": None},
                         _run_info(current), strict=strict, config=config.source)
-    if baseline is None:
+    if not baselines:
         report.not_comparable = missing or "no baseline"
-    else:
-        report.not_comparable, report.warnings = check_fingerprints(baseline, current)
-    index = {case_key(c): c for c in baseline["cases"]} if baseline else {}
+    for doc in baselines:
+        refused, warnings = check_fingerprints(doc, current)
+        if refused:
+            report.not_comparable = (f"baseline run {doc['run']['run_id']}: {refused}"
+                                     if len(baselines) > 1 else refused)
+            break
+        report.warnings += [w for w in warnings if w not in report.warnings]
+    index: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for doc in baselines:
+        for c in doc["cases"]:
+            index.setdefault(case_key(c), []).append(c)
     for case in current["cases"]:
         label = case_label(case)
         if report.not_comparable:
             report.entries += [Entry(label, m, [], metric_values(case, m), config.thresholds(label, m.key),
                                      NOT_COMPARABLE, report.not_comparable) for m in case_metrics(case)]
             continue
-        report.entries += _entries(label, index.get(case_key(case)), case, config, today)
+        report.entries += _entries(label, index.get(case_key(case), []), case, config, today)
     unmatched = len([e for e in report.entries if e.verdict == NO_BASELINE])
     if unmatched and not report.not_comparable:
         report.warnings.append(f"{unmatched} case × metric(s) have no baseline; refresh the baseline "
@@ -249,7 +286,7 @@ def compare_arms(run: dict[str, Any], config: GateConfig, strict: bool = False,
                                  "give --baseline")
         return report
     for a, b in zip(a_cases, b_cases, strict=True):
-        report.entries += _entries(case_label(a, b), a, b, config, today)
+        report.entries += _entries(case_label(a, b), [a], b, config, today, paired=True)
     _expiry_warnings(report)
     return report
 

@@ -69,7 +69,9 @@ def _sides(report: GateReport) -> str:
                 f"B: `{report.current.get('spec') or '(suite as is)'}` · run {report.current['run_id']}")
     def side(info: dict[str, Any]) -> str:
         commit = f" (commit {info['git_commit'][:10]})" if info.get("git_commit") else ""
-        return f"run {info['run_id']}{commit}"
+        runs = info.get("runs") or []
+        earlier = f" and {len(runs) - 1} earlier" if len(runs) > 1 else ""
+        return f"run {info['run_id']}{commit}{earlier}"
     return f"baseline: {side(report.baseline)} · current: {side(report.current)}"
 
 
@@ -87,8 +89,10 @@ def to_markdown(report: GateReport) -> str:
     if reasons:
         lines += ["<details><summary>why</summary>", "", *reasons, "", "</details>", ""]
     lines += [f"- ⚠ {w}" for w in report.warnings]
-    lines.append(f"\n<sub>speed ratio of medians (below 1 is slower), percentile-bootstrap 95% "
-                 f"interval, one-sided Mann-Whitney U; thresholds from {report.config}</sub>\n")
+    interval = ("percentile bootstrap over the ABBA pairs" if report.mode == "ab" else
+                "percentile bootstrap widened by the baseline's run-to-run drift")
+    lines.append(f"\n<sub>speed ratio of medians (below 1 is slower), 95% interval: {interval}; "
+                 f"one-sided Mann-Whitney U; thresholds from {report.config}</sub>\n")
     return "\n".join(lines)
 
 

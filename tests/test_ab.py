@@ -75,6 +75,7 @@ def test_real_ab_with_two_thread_counts(store_path: Path, tmp_path: Path, tiny_g
     assert [(e["metric"], len(e["samples"]["baseline"]), len(e["samples"]["current"]))
             for e in doc["entries"]] == [("prefill", 6, 6), ("decode", 6, 6)]
     assert all(e["verdict"] in ("PASS", "IMPROVED", "REGRESSION", "INCONCLUSIVE") for e in doc["entries"])
+    assert all(e["statistics"]["paired"] for e in doc["entries"])  # trial i of A with trial i of B
     assert doc["entries"][0]["case"].endswith("pp64+tg16 threads=1→2")
 
     cases = results.load(store=store_path)

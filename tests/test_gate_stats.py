@@ -8,8 +8,10 @@ import pytest
 from harness.gate import (
     IMPROVED,
     INCONCLUSIVE,
+    MIN_HISTORY,
     PASS,
     REGRESSION,
+    Drift,
     Thresholds,
     compare,
     robust_cv,
@@ -106,3 +108,40 @@ def test_false_alarm_and_detection_rates_on_simulated_noise() -> None:
     slow = [compare(*_arms(-0.10, 0.02, seed=s)).verdict for s in range(150)]
     assert aa.count(REGRESSION) == 0
     assert slow.count(REGRESSION) / len(slow) >= 0.9
+
+
+def test_pairs_keep_shared_drift_out_of_the_interval() -> None:
+    """Trial i of each arm ran side by side; a load that slows both by 0–15% is shared."""
+    rng = np.random.default_rng(8)
+    load = rng.uniform(0.85, 1.0, 10)
+    base, cur = 50 * load * rng.normal(1, 0.005, 10), 46 * load * rng.normal(1, 0.005, 10)  # 8% slower
+    paired = compare(base, cur, Thresholds(max_cv=0.3), paired=True)
+    unpaired = compare(base, cur, Thresholds(max_cv=0.3))
+    assert paired.paired and paired.verdict == REGRESSION, paired.reason
+    assert unpaired.verdict == INCONCLUSIVE
+    assert paired.ci_high - paired.ci_low < (unpaired.ci_high - unpaired.ci_low) / 3
+    with pytest.raises(ValueError, match="equal lengths"):
+        compare(base, cur[:-1], paired=True)
+
+
+def test_run_to_run_drift_is_measured_from_history_or_assumed() -> None:
+    th = Thresholds(run_to_run_cv=0.04)
+    assumed = Drift.from_medians([100.0, 103.0], th)
+    assert (assumed.cv, assumed.runs, assumed.measured) == (0.04, 2, False)
+    measured = Drift.from_medians([100.0, 102.0, 98.0, 101.0], th)
+    assert measured.measured and measured.runs == 4 >= MIN_HISTORY
+    assert measured.cv == pytest.approx(np.std(np.log([100, 102, 98, 101]), ddof=1))
+    # Prediction interval for one new run: Student t with runs − 1 degrees of freedom.
+    assert measured.half_width(0.95) == pytest.approx(3.182 * measured.cv * np.sqrt(1.25), rel=1e-3)
+    assert Drift(0.04, 1, False).half_width(0.95) == pytest.approx(1.96 * 0.04 * np.sqrt(2), rel=1e-3)
+
+
+def test_drift_widens_the_interval_and_raises_the_floor() -> None:
+    base, cur = _arms(-0.10, cv=0.01)
+    within = compare(base, cur)
+    assert within.verdict == REGRESSION
+    drifty = compare(base, cur, drift=Drift(0.06, 5, True))
+    assert drifty.ci_low < within.ci_low and drifty.ci_high > within.ci_high
+    assert drifty.noise_floor == 0.06 and drifty.threshold == 0.06
+    assert drifty.verdict == INCONCLUSIVE and "measured over 5 baseline runs" in drifty.reason
+    assert compare(*_arms(-0.30, cv=0.01), drift=Drift(0.06, 5, True)).verdict == REGRESSION
