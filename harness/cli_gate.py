@@ -86,7 +86,11 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
         found = [_baseline(ref, args.store) for ref in args.baseline]
         missing = next((why for doc, why in found if doc is None), None)
         baselines = [] if missing else [doc for doc, _ in found if doc is not None]
-        baselines.sort(key=lambda doc: doc["run"].get("started_at") or "")
+        baselines.sort(key=lambda doc: doc["run"].get("started_at") or 0)
+        ids = [doc["run"]["run_id"] for doc in baselines]
+        if current["run"]["run_id"] in ids or len(set(ids)) < len(ids):
+            raise TokbenchError(f"--baseline {' '.join(args.baseline)}: a run is given twice (or is also "
+                                f"--current {args.current}); give each baseline once, not the current run")
         report = compare_runs(baselines, current, config, args.strict, missing=missing)
     return _emit(report, args, console)
 

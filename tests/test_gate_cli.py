@@ -146,6 +146,8 @@ def test_a_failed_case_is_an_error(store: Path) -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--current", "no-such-run"],
+    ["--current", "base-run"],  # also a baseline
+    ["base-a", "--current", "cur-run"],  # a baseline twice
     ["--current", "missing.json"],
     ["--config", "absent.toml"],
 ])
