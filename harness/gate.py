@@ -8,7 +8,7 @@ and a one-sided Mann-Whitney U test. Two settings change the interval, not the s
   the bootstrap resamples pairs. Drift that slows both arms alike (heat, a neighbour's job)
   then stays out of the interval instead of widening it.
 - run-to-run drift (`tokbench gate`): a stored baseline ran in another job, and job-to-job
-  drift of the medians is larger than a run's own trial noise (measured here: 3–5% on a
+  drift of the medians is larger than a run's own trial noise (measured here: 3–6% on a
   shared 2-core VM). Its half-width, q·σ·√(1 + 1/k) for σ the spread of k baseline runs'
   medians, is added in quadrature (in log space) to the bootstrap interval's; σ is measured
   when the baseline holds ≥ MIN_HISTORY runs, and `run_to_run_cv` is assumed otherwise.
@@ -83,7 +83,7 @@ class Thresholds:
     alpha: float = 0.05
     confidence: float = 0.95
     #: Run-to-run CV of a case's median, assumed against a stored baseline of fewer than
-    #: MIN_HISTORY runs (measured on a quiet shared 2-core VM: 3.3% decode, 4.5% prefill).
+    #: MIN_HISTORY runs (measured job to job on a quiet shared 2-core VM: 3–4% decode, 4–6% prefill).
     run_to_run_cv: float = 0.04
 
     def as_dict(self) -> dict[str, float | int]:
