@@ -86,3 +86,28 @@ def test_real_ab_with_two_thread_counts(store_path: Path, tmp_path: Path, tiny_g
     order = "".join(trials.sort_values("started_at")["arm"])
     assert order == "ABBAABBAABBA"  # trials interleaved in ABBA blocks, as stored
     assert set(cases["param_threads"]) == {1, 2}
+
+
+@pytest.mark.engine
+def test_real_gate_against_a_history_of_runs(store_path: Path, tmp_path: Path, tiny_gguf: Path) -> None:
+    """Four real llama.cpp runs of one build: the newest judged against the three before it,
+    which measure the run-to-run drift; one earlier run alone can only assume it."""
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"run{i}.json")
+        assert main(["--store", str(store_path), "run", "-m", str(tiny_gguf), "-w", "pp64+tg16", "-t", "1",
+                     "-r", "6", "--no-bandwidth", "-o", str(files[-1])]) == 0
+    out = tmp_path / "gate.json"
+    rc = main(["--store", str(store_path), "gate", "--baseline", *map(str, files[:3]),
+               "--current", str(files[3]), "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == doc["exit_code"] and rc in (0, 1)  # comparable, judged whichever way the noise fell
+    assert len(doc["baseline"]["runs"]) == 3
+    for e in doc["entries"]:
+        assert e["statistics"]["drift"]["measured"] and e["statistics"]["drift"]["runs"] == 3
+        assert not e["statistics"]["paired"]
+        assert (len(e["samples"]["baseline"]), len(e["samples"]["current"])) == (18, 6)
+
+    main(["--store", str(store_path), "gate", "--baseline", str(files[2]), "--current", str(files[3]),
+          "--json", str(out)])
+    assert {e["statistics"]["drift"]["measured"] for e in json.loads(out.read_text())["entries"]} == {False}
