@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.gate import REGRESSION, Comparison, Drift, Thresholds, compare  # noqa: E402
+from harness.gate import REGRESSION, compare, compare_history  # noqa: E402
 
 CONDITIONS = {"A/A": 0.0, "5% slower": 0.05, "10% slower": 0.10}
 
@@ -80,17 +79,13 @@ def _rate(k: int, n: int, one_sided: bool = False) -> str:
     return f"{k}/{n} = {k / n:.1%} (95% CI {ci.low:.1%}–{ci.high:.1%})"
 
 
-def _judge(e: dict[str, Any]) -> Comparison:
-    """An ab job's verdict from its saved samples, as `tokbench ab` computes it (ABBA pairs)."""
-    base, cur = e["samples"]["baseline"], e["samples"]["current"]
-    return compare(base, cur, paired=len(base) == len(cur))
-
-
 def _rejudge(jobs: list[dict[str, Any]]) -> None:
-    """Verdicts from the saved samples with this checkout's statistics."""
+    """Verdicts from the saved samples with this checkout's statistics, as `tokbench ab` judges
+    them (trial i of each arm paired)."""
     for job in jobs:
         for e in job["entries"]:
-            result = _judge(e)
+            base, cur = e["samples"]["baseline"], e["samples"]["current"]
+            result = compare(base, cur, paired=len(base) == len(cur))
             e["verdict"], e["margin"] = result.verdict, (1 - result.threshold) - result.ci_high
 
 
@@ -129,9 +124,7 @@ def _history(jobs: list[dict[str, Any]], runs: int) -> dict[float, dict[str, lis
             bases = [next(e for e in j["entries"] if e["metric"] == metric)["samples"]["baseline"]
                      for j in earlier]
             current = next(e for e in job["entries"] if e["metric"] == metric)["samples"]["current"]
-            th = Thresholds()
-            drift = Drift.from_medians([float(np.median(b)) for b in bases], th)
-            verdict = compare([v for b in bases for v in b], current, th, drift=drift).verdict
+            verdict = compare_history(bases, current).verdict
             out.setdefault(job["slowdown"], {}).setdefault(metric, []).append(verdict)
     return out
 

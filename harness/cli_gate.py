@@ -85,7 +85,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
     else:
         found = [_baseline(ref, args.store) for ref in args.baseline]
         missing = next((why for doc, why in found if doc is None), None)
-        baselines = [] if missing else [doc for doc, _ in found if doc is not None]
+        baselines = [doc for doc, _ in found if doc is not None] if missing is None else []
         baselines.sort(key=lambda doc: doc["run"].get("started_at") or 0)
         ids = [doc["run"]["run_id"] for doc in baselines]
         if current["run"]["run_id"] in ids or len(set(ids)) < len(ids):

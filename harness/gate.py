@@ -253,3 +253,12 @@ def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thr
     warn = ratio < 1 - th.warn
     note = f"; median {1 - ratio:.1%} slower (warn at {th.warn:.1%})" if warn else ""
     return verdict(PASS, f"interval {shown} within −{threshold:.1%}{note}", warn)
+
+
+def compare_history(runs: Sequence[Sequence[float]], current: Sequence[float],
+                    thresholds: Thresholds | None = None, higher_is_better: bool = True) -> Comparison:
+    """The current run's samples against stored baseline runs (oldest first): their trials
+    pooled, their medians' spread the run-to-run drift."""
+    th = thresholds or Thresholds()
+    drift = Drift.from_medians([float(np.median(r)) for r in runs if len(r)], th)
+    return compare([v for r in runs for v in r], current, th, higher_is_better, drift=drift)

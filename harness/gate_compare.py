@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from harness.errors import TokbenchError
 from harness.gate import (
     ERROR,
@@ -25,10 +23,10 @@ from harness.gate import (
     NOT_COMPARABLE,
     REGRESSION,
     Comparison,
-    Drift,
     Metric,
     Thresholds,
     compare,
+    compare_history,
 )
 from harness.gate_config import Acceptance, GateConfig
 
@@ -138,14 +136,15 @@ def case_key(case: dict[str, Any]) -> tuple[Any, ...]:
             json.dumps(case.get("params") or {}, sort_keys=True), case.get("arm"))
 
 
-def metric_trials(case: dict[str, Any], metric: Metric) -> dict[int, float]:
-    """Trial number → the metric's value, in trial order."""
-    return {t["trial"]: metric.value(t["n_tokens"], t["duration_ns"]) for t in case.get("trials", [])
-            if t["phase"] == metric.phase and t["duration_ns"] > 0}
+def metric_trials(case: dict[str, Any], metric: Metric) -> list[tuple[int, float]]:
+    """(trial number, value) of every sample of the metric, in trial order (a serving trial may
+    hold several, one per request)."""
+    return [(t["trial"], metric.value(t["n_tokens"], t["duration_ns"])) for t in case.get("trials", [])
+            if t["phase"] == metric.phase and t["duration_ns"] > 0]
 
 
 def metric_values(case: dict[str, Any], metric: Metric) -> list[float]:
-    return list(metric_trials(case, metric).values())
+    return [value for _, value in metric_trials(case, metric)]
 
 
 def case_metrics(case: dict[str, Any]) -> list[Metric]:
@@ -169,21 +168,18 @@ def _entries(label: str, bases: list[dict[str, Any]], cur: dict[str, Any], confi
             continue
         ok = [b for b in bases if b["status"] == "ok"]
         base_values = [v for b in ok for v in metric_values(b, metric)]
-        failed = ([("current", cur)] if cur["status"] != "ok" else []) + (
-            [("baseline", bases[0])] if not ok else [])
-        if failed:
-            who, c = failed[0]
+        if cur["status"] != "ok" or not ok:
+            who, c = ("current", cur) if cur["status"] != "ok" else ("baseline", bases[0])
             out.append(Entry(label, metric, base_values, cur_values, th, ERROR,
                              f"{who} case {c['status']}: {c.get('error') or 'no result'}"))
             continue
         if paired:
-            a, b = metric_trials(ok[0], metric), metric_trials(cur, metric)
-            paired_here = a.keys() == b.keys()  # a lost trial on either side: unpaired
+            trials = [[n for n, _ in metric_trials(c, metric)] for c in (ok[0], cur)]
+            paired_here = trials[0] == trials[1]  # a lost trial on either side: unpaired
             result = compare(base_values, cur_values, th, metric.higher_is_better, paired=paired_here)
         else:
-            medians = [float(np.median(v)) for v in (metric_values(b, metric) for b in ok) if v]
-            result = compare(base_values, cur_values, th, metric.higher_is_better,
-                             drift=Drift.from_medians(medians, th))
+            result = compare_history([metric_values(b, metric) for b in ok], cur_values, th,
+                                     metric.higher_is_better)
         entry = Entry(label, metric, base_values, cur_values, th, result.verdict, result.reason, result)
         if result.verdict == REGRESSION:
             entry.accepted, entry.expired = config.acceptance(label, metric.key, today)
