@@ -11,6 +11,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 
+class BackendError(Exception):
+    """An unknown backend name or an adapter that cannot be imported: a one-line message that
+    names the input and the fix (the CLI prints it as TokbenchError is printed)."""
+
+
 class EngineMissing(Exception):
     """The engine package is not importable in the worker's interpreter."""
 
@@ -37,11 +42,16 @@ class PhaseSample:
 
 
 class Backend:
-    """One engine adapter. Lifecycle in a worker: probe → __init__ → load → warmup → trials → close."""
+    """One engine adapter. Lifecycle in a worker:
+    probe → __init__ → load → (prepare → warmup → trials → memory) for each case → close.
+
+    A worker loads the model once and serves every case that shares the load parameters
+    (those marked `reloads_model`), as llama-bench does; `prepare` switches between cases.
+    """
 
     name: ClassVar[str]
     install_hint: ClassVar[str]
-    #: Defaults of the parameters this backend accepts (names from harness.params.PARAMS).
+    #: Defaults of the parameters this backend accepts (names from harness.execution.params.PARAMS).
     defaults: ClassVar[dict[str, Any]]
     #: What a model source must resolve to: "gguf" (a file) or "hf" (a Hugging Face directory).
     model_format: ClassVar[str] = "gguf"
@@ -52,14 +62,23 @@ class Backend:
         raise NotImplementedError
 
     def __init__(self, model_path: str, params: dict[str, Any], seed: int) -> None:
+        """params: the first case's parameters; the load parameters among them hold for every
+        case this instance serves."""
         self.model_path = model_path
         self.params = params
         self.seed = seed
 
-    def load(self, n_ctx: int) -> dict[str, Any]:
-        """Load the model with room for n_ctx tokens per sequence (params["batch"] sequences);
-        return the model's description (desc, size_bytes, n_params, load_ns…)."""
+    def load(self, n_ctx: int, n_seq: int) -> dict[str, Any]:
+        """Load the model; n_ctx (tokens per sequence) and n_seq (sequences) are the largest any
+        case of this worker needs, for engines that size their caches at load. Return the
+        model's description (desc, size_bytes, n_params, load_ns…)."""
         raise NotImplementedError
+
+    def prepare(self, params: dict[str, Any], n_ctx: int, seed: int) -> None:
+        """Set up for the next case: its parameters (load parameters unchanged), the context it
+        needs per sequence, its seed. Called before each case's warm-up, the first one too; an
+        engine with per-case state (a llama.cpp context) rebuilds it here."""
+        self.params, self.seed = params, seed
 
     def warmup(self, n_prompt: int, n_gen: int) -> None:
         raise NotImplementedError

@@ -103,7 +103,8 @@ class LlamaCppBackend(Backend):
         self._depth_state: tuple[int, ctypes.Array] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def load(self, n_ctx: int) -> dict[str, Any]:
+    def load(self, n_ctx: int, n_seq: int) -> dict[str, Any]:
+        """Load the weights only: each case gets its own context in prepare, as in llama-bench."""
         ll, p = self._ll, self.params
         self._log_callback = ll.llama_log_callback(self._on_log)  # keep a reference
         ll.llama_log_set(self._log_callback, ctypes.c_void_p(0))
@@ -116,23 +117,7 @@ class LlamaCppBackend(Backend):
         self._model = ll.llama_model_load_from_file(self.model_path.encode(), mparams)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {self._last_error()}")
-
-        self._n_seq = p["batch"]
-        cparams = ll.llama_context_default_params()
-        cparams.n_ctx = n_ctx * self._n_seq
-        cparams.n_seq_max = self._n_seq
-        cparams.n_batch = p["n_batch"]
-        cparams.n_ubatch = p["n_ubatch"]
-        cparams.n_threads = cparams.n_threads_batch = p["threads"]
-        cparams.flash_attn_type = _FLASH_ATTN[p["flash_attn"]]
-        cparams.type_k = _GGML_TYPES[p["cache_type_k"]]
-        cparams.type_v = _GGML_TYPES[p["cache_type_v"]]
-        cparams.swa_full = False
-        self._ctx = ll.llama_init_from_model(self._model, cparams)
-        if not self._ctx:
-            raise ModelLoadError(f"llama.cpp could not create a context: {self._last_error()}")
         load_ns = time.perf_counter_ns() - t0
-        self._attach_threadpool(p["threads"])
 
         vocab = ll.llama_model_get_vocab(self._model)
         self._n_vocab = ll.llama_vocab_n_tokens(vocab)
@@ -148,6 +133,30 @@ class LlamaCppBackend(Backend):
             "n_vocab": int(self._n_vocab),
             "load_ns": load_ns,
         }
+
+    def prepare(self, params: dict[str, Any], n_ctx: int, seed: int) -> None:
+        """A fresh context (and threadpool) for the case, on the loaded model."""
+        super().prepare(params, n_ctx, seed)
+        ll, p = self._ll, params
+        self._free_context()
+        self._rng = random.Random(seed)
+        self._depth_state = None
+        self._n_seq = p["batch"]
+        cparams = ll.llama_context_default_params()
+        cparams.n_ctx = n_ctx * self._n_seq
+        cparams.n_seq_max = self._n_seq
+        cparams.n_batch = p["n_batch"]
+        cparams.n_ubatch = p["n_ubatch"]
+        cparams.n_threads = cparams.n_threads_batch = p["threads"]
+        cparams.flash_attn_type = _FLASH_ATTN[p["flash_attn"]]
+        cparams.type_k = _GGML_TYPES[p["cache_type_k"]]
+        cparams.type_v = _GGML_TYPES[p["cache_type_v"]]
+        cparams.swa_full = False
+        self._log_lines.clear()
+        self._ctx = ll.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise ModelLoadError(f"llama.cpp could not create a context: {self._last_error()}")
+        self._attach_threadpool(p["threads"])
 
     def warmup(self, n_prompt: int, n_gen: int) -> None:
         if self._n_seq > 1:
@@ -193,14 +202,17 @@ class LlamaCppBackend(Backend):
         }
 
     def close(self) -> None:
-        ll = self._ll
+        self._free_context()
+        if self._model:
+            self._ll.llama_model_free(self._model)
+        self._model = None
+
+    def _free_context(self) -> None:
         if self._ctx:
-            ll.llama_free(self._ctx)
+            self._ll.llama_free(self._ctx)
         if self._threadpool:
             self._tp_free(self._threadpool)
-        if self._model:
-            ll.llama_model_free(self._model)
-        self._ctx = self._model = self._threadpool = None
+        self._ctx = self._threadpool = None
 
     # -- measurement -----------------------------------------------------------------------
     def _random_tokens(self, n: int, first: bool) -> ctypes.Array:

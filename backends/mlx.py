@@ -57,7 +57,13 @@ class MlxBackend(Backend):
         self._n_seq = params["batch"]
         self._model: Any = None
 
-    def load(self, n_ctx: int) -> dict[str, Any]:
+    def prepare(self, params: dict[str, Any], n_ctx: int, seed: int) -> None:
+        super().prepare(params, n_ctx, seed)
+        self._mx.random.seed(seed)
+        self._mx.reset_peak_memory()  # the case's own peak
+        self._n_seq = params["batch"]
+
+    def load(self, n_ctx: int, n_seq: int) -> dict[str, Any]:
         from mlx.utils import tree_flatten
 
         mx = self._mx

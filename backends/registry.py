@@ -1,4 +1,5 @@
-"""Find backends by name: built-ins, the `tokbench.backends` entry-point group, or module:Class.
+"""Find backends by name: the `tokbench.backends` entry-point group (built-ins are declared there
+too, in pyproject.toml), or module:Class for an adapter that is not installed as a package.
 
 Resolving a name imports the adapter module, never its engine.
 """
@@ -8,24 +9,15 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from backends.base import Backend
-from harness.errors import TokbenchError
+from backends.base import Backend, BackendError
 
-BUILTIN = {
-    "llama.cpp": "backends.llama_cpp:LlamaCppBackend",
-    "vllm": "backends.vllm:VllmBackend",
-    "mlx": "backends.mlx:MlxBackend",
-}
 ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": "llama.cpp",
-           "mlx-lm": "mlx", "mlx_lm": "mlx"}
+           "mlx-lm": "mlx", "mlx_lm": "mlx", "hf": "transformers"}
 
 
 def available() -> dict[str, str]:
-    """Backend name → "module:Class" for every backend known in this environment."""
-    found = dict(BUILTIN)
-    for ep in entry_points(group="tokbench.backends"):
-        found.setdefault(ep.name, ep.value)
-    return found
+    """Backend name → "module:Class" for every backend installed in this environment."""
+    return {ep.name: ep.value for ep in entry_points(group="tokbench.backends")}
 
 
 def spec_for(name: str) -> str:
@@ -36,8 +28,8 @@ def spec_for(name: str) -> str:
         return known[name]
     if ":" in name:
         return name
-    raise TokbenchError(
-        f"unknown backend {name!r}: choose one of {', '.join(sorted(known))} "
+    raise BackendError(
+        f"unknown backend {name!r}: choose one of {', '.join(sorted(known)) or '(none installed)'} "
         "(or give module:Class of a third-party adapter)"
     )
 
@@ -52,7 +44,7 @@ def load_class(spec: str) -> type[Backend]:
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise TokbenchError(f"backend adapter {spec!r} cannot be imported: {exc}") from None
+        raise BackendError(f"backend adapter {spec!r} cannot be imported: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise TokbenchError(f"backend adapter {spec!r} is not a backends.base.Backend subclass")
+        raise BackendError(f"backend adapter {spec!r} is not a backends.base.Backend subclass")
     return cls

@@ -71,7 +71,7 @@ class VllmBackend(Backend):
     model_format = "hf"
     defaults: ClassVar[dict[str, Any]] = {  # vLLM's own defaults, as `vllm bench latency`
         "dtype": "auto",
-        "max_model_len": None,  # None: the case's context (depth + prompt + gen + 1)
+        "max_model_len": None,  # None: the largest context of the cases sharing the engine
         "enforce_eager": False,
         "gpu_memory_utilization": 0.9,
         "tensor_parallel_size": 1,
@@ -108,7 +108,13 @@ class VllmBackend(Backend):
         self._requests = 0
         self._depth: list[int] = []
 
-    def load(self, n_ctx: int) -> dict[str, Any]:
+    def prepare(self, params: dict[str, Any], n_ctx: int, seed: int) -> None:
+        super().prepare(params, n_ctx, seed)
+        self._rng = random.Random(seed)
+        self._n_seq = params["batch"]
+        self._depth = []
+
+    def load(self, n_ctx: int, n_seq: int) -> dict[str, Any]:
         p = self.params
         self._gpu.start()
         kwargs: dict[str, Any] = {
@@ -118,7 +124,7 @@ class VllmBackend(Backend):
             "gpu_memory_utilization": p["gpu_memory_utilization"],
             "tensor_parallel_size": p["tensor_parallel_size"],
             "kv_cache_dtype": p["kv_cache_dtype"],
-            "max_num_seqs": max(self._n_seq, 256),
+            "max_num_seqs": max(n_seq, 256),
         }
         if p["quantization"]:
             kwargs["quantization"] = p["quantization"]

@@ -19,13 +19,13 @@ import numpy as np
 from scipy import stats
 
 import results
-from harness.models import resolve
-from harness.synthetic import clone
+from harness.models.sources import resolve
+from harness.models.synthetic import clone
 
 
 def measure(model: Path, workloads: str, threads: int, reps: int, store: Path) -> dict[str, list[float]]:
     subprocess.run(
-        [sys.executable, "-m", "harness.cli", "--store", str(store), "run", "-m", str(model),
+        [sys.executable, "-m", "harness.cli.main", "--store", str(store), "run", "-m", str(model),
          "-w", workloads, "-t", str(threads), "-r", str(reps), "--no-bandwidth"],
         capture_output=True, text=True, check=True,
     )

@@ -36,7 +36,7 @@ from scipy.stats import binomtest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.gate import REGRESSION, compare, compare_history  # noqa: E402
+from harness.gate.statistics import REGRESSION, compare, compare_history  # noqa: E402
 
 CONDITIONS = {"A/A": 0.0, "5% slower": 0.05, "10% slower": 0.10}
 
@@ -51,7 +51,7 @@ def _wrapper(folder: Path, slowdown: float) -> Path:
 
 def _job(folder: Path, n: int, slowdown: float, args: argparse.Namespace) -> dict[str, Any]:
     out = folder / f"job{n}.json"
-    cmd = [sys.executable, "-m", "harness.cli", "--store", str(folder / "runs.db"), "ab",
+    cmd = [sys.executable, "-m", "harness.cli.main", "--store", str(folder / "runs.db"), "ab",
            "--a", f"python={_wrapper(folder, 0.0)}", "--b", f"python={_wrapper(folder, slowdown)}",
            "-m", args.model, "-w", args.workload, "-t", str(args.threads), "--no-bandwidth",
            "--json", str(out)] + (["-r", str(args.trials)] if args.trials else [])

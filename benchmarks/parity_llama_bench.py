@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.models import resolve
+from harness.models.sources import resolve
 
 
 def llama_bench(binary: str, model: Path, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
@@ -37,7 +37,7 @@ def llama_bench(binary: str, model: Path, threads: int, n_prompt: int, n_gen: in
 
 def tokbench(model: str, threads: int, n_prompt: int, n_gen: int, reps: int, store: Path) -> dict:
     subprocess.run(
-        [sys.executable, "-m", "harness.cli", "--store", str(store), "run", "-m", model,
+        [sys.executable, "-m", "harness.cli.main", "--store", str(store), "run", "-m", model,
          "-w", f"pp{n_prompt},tg{n_gen}", "-t", str(threads), "-r", str(reps), "--no-bandwidth"],
         capture_output=True, text=True, check=True,
     )

@@ -1,7 +1,7 @@
 """Benchmark-only worker entry that makes llama.cpp a known fraction slower (gate_power.py).
 
 Never used by tokbench itself: gate_power.py points an A/B arm's interpreter at a wrapper
-script that runs this file instead of `python -m harness.worker`. It patches llama-cpp-python so
+script that runs this file instead of `python -m backends.worker`. It patches llama-cpp-python so
 that every llama_decode … llama_synchronize span (one prefill, or one decoded token) is followed
 by a busy-wait of FACTOR × the span's own measured time, inside the timed region, then runs the
 ordinary worker. FACTOR = 1 / (1 − s) − 1 makes tokens/s exactly s lower (s = 0.10 → 0.111).
@@ -43,4 +43,4 @@ if __name__ == "__main__":
     slowdown = float(os.environ.get("TOKBENCH_BENCH_SLOWDOWN", "0"))
     if slowdown:
         _patch(slowdown)
-    runpy.run_module("harness.worker", run_name="__main__")
+    runpy.run_module("backends.worker", run_name="__main__")

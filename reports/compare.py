@@ -1,6 +1,6 @@
 """`tokbench compare RUN_A RUN_B`: matched cases side by side, with speed ratios.
 
-Cases match as the gate matches them (harness.gate_compare.case_key: backend, model identity,
+Cases match as the gate matches them (harness.gate.matching.case_key: backend, model identity,
 workload, parameters); fingerprints are checked the gate's way too. A hard-field difference
 (CPU, cores, RAM, GPUs, engine build) refuses the comparison unless forced, and a forced one says
 so above and below the table.
@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.gate import compare
-from harness.gate_compare import case_key, case_label, case_metrics, check_fingerprints, metric_values
+from harness.gate.matching import case_key, case_label, case_metrics, check_fingerprints, metric_values
+from harness.gate.statistics import compare
 
 EXIT_OK, EXIT_NOT_COMPARABLE = 0, 4
 COLUMNS = ("case", "metric", "A median", "B median", "B ÷ A speed [95% CI]", "status")

@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.catalog import CATALOG, TINY, lookup
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
+from harness.models.catalog import CATALOG, TINY, lookup
 from reports.roofline import (
     DecodeShape,
     bandwidth_ceiling,
@@ -26,12 +26,35 @@ from reports.roofline import (
     shape_from_catalog,
     shape_from_gguf,
 )
-from results.reference import Device, Figure, device_for, local_device
+from results.reference import Device, Figure, device_for, load_devices, load_figures, local_device
 
 #: Heaviest first: for a claim, the heaviest of these whose ceiling it stays under.
 QUANT_LADDER = ("BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
 GPU_BACKENDS = ("vllm",)
 SPEED_METRICS = ("decode_tps", "aggregate_tps")
+
+
+@lru_cache(maxsize=1)
+def reference() -> tuple[list[Figure], dict[str, Device]]:
+    """The packaged registry and device catalog (loaded once), each figure's model checked
+    against the model catalog and its quant (or roofline_quant) against llama.cpp's file types."""
+    from harness.models.quant_mix import FILE_TYPES
+
+    devices = load_devices()
+    figures = load_figures(devices=devices)
+    check_figures(figures, FILE_TYPES)
+    return figures, devices
+
+
+def check_figures(figures: list[Figure], file_types: Any) -> None:
+    """Published figures name catalog models and a quant the roofline can price."""
+    for f in figures:
+        where = f"published figure {f.id!r}"
+        if f.model not in CATALOG:
+            raise TokbenchError(f"{where}: model {f.model!r} is not in the catalog ({', '.join(CATALOG)})")
+        if (f.quant or "").upper() not in file_types and (f.roofline_quant or "").upper() not in file_types:
+            raise TokbenchError(f"{where}: `roofline_quant` must name a llama.cpp file type "
+                                f"({', '.join(file_types)}) when quant is unstated or not one")
 
 
 @dataclass
@@ -56,7 +79,7 @@ def batch_of(row: pd.Series | dict[str, Any]) -> int:
 @lru_cache(maxsize=64)
 def _gguf_shape(path: str, model_id: str) -> tuple[DecodeShape | None, str]:
     """The stored model file's shape, if the file is still the one measured (size + header hash)."""
-    from harness.gguf_header import read_header
+    from harness.models.gguf_header import read_header
 
     file = Path(path)
     size = model_id.split("-", 1)[0]
@@ -76,8 +99,8 @@ def catalog_model(source: str, stored_quant: str | None = None) -> tuple[str, st
     (F16 when a backend read it in HF layout); None for other sources."""
     if not source.startswith("synth:"):
         return None
-    from harness.quant_mix import FILE_TYPES
-    from harness.synthetic import parse_source
+    from harness.models.quant_mix import FILE_TYPES
+    from harness.models.synthetic import parse_source
 
     name, quant = parse_source(source[6:])
     stored = (stored_quant or "").upper()
@@ -91,7 +114,7 @@ def case_shape(row: pd.Series) -> tuple[DecodeShape | None, str]:
     the stored model file's own tensors otherwise), or None and why not."""
     source = str(row["model"])
     if source.startswith("synth:"):
-        from harness.synthetic import parse_source
+        from harness.models.synthetic import parse_source
 
         found = catalog_model(source, row.get("quant"))
         if found is None:
@@ -294,7 +317,7 @@ def _fits(need: float, device: Device) -> str:
 def memory_table(measured: pd.DataFrame, figures: list[Figure], devices: list[Device]) -> pd.DataFrame:
     """Each memory requirement (measured peak RSS; published RAM and memory figures; file sizes)
     with a fits / does not fit verdict per device, and a check against the predicted file size."""
-    from harness.synthetic import predicted_size
+    from harness.models.synthetic import predicted_size
 
     published_ram = {(f.model, f.quant_for_roofline): f for f in figures
                      if f.metric in ("ram_min_bytes", "memory_bytes")}

@@ -12,8 +12,8 @@ import pandas as pd
 from rich.table import Table
 from rich.text import Text
 
-from harness.gate import ERROR, IMPROVED, INCONCLUSIVE, PASS, REGRESSION
-from harness.gate_compare import Entry, GateReport
+from harness.gate.matching import Entry, GateReport
+from harness.gate.statistics import ERROR, IMPROVED, INCONCLUSIVE, PASS, REGRESSION
 from reports import tables
 
 FORMAT = "tokbench-gate"

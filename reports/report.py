@@ -19,10 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 from reports import comparison as cmp
+from reports.comparison import reference
 from reports.plots import Plot, all_plots
 from reports.tables import RIGHT_ALIGNED, summary_table, to_markdown
 from results.frames import cases_frame
-from results.reference import Device, reference
+from results.reference import Device
 from results.store import Store
 
 
@@ -309,7 +310,7 @@ def to_csv_files(report: Report) -> dict[str, str]:
 def write(report: Report, fmt: str, output: Path | None) -> str | None:
     """Render and write; return text for stdout when there is no output path."""
     if fmt == "csv":
-        from harness.errors import TokbenchError
+        from harness.common.errors import TokbenchError
 
         if output is None:
             raise TokbenchError("--format csv writes one file per table: give -o DIR")

@@ -31,10 +31,10 @@ from pathlib import Path
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from harness.catalog import ModelSpec
-from harness.errors import TokbenchError
-from harness.memory_estimate import recurrent_state_bytes
-from harness.quant_mix import tensor_bytes
+from harness.common.errors import TokbenchError
+from harness.models.catalog import ModelSpec
+from harness.models.memory_estimate import recurrent_state_bytes
+from harness.models.quant_mix import tensor_bytes
 
 F32_BYTES = 4
 
@@ -131,7 +131,7 @@ def _weights(tensors: Iterable[Tensor], n_expert: int, n_expert_used: int) -> tu
 
 def shape_from_catalog(spec: ModelSpec, quant: str) -> DecodeShape:
     """Exact bytes for a catalog model at a llama.cpp quant, per tensor as the quantizer types it."""
-    from harness.synthetic import plan
+    from harness.models.synthetic import plan
 
     shapes, types = plan(spec, quant)
     tensors = []
@@ -163,7 +163,7 @@ def shape_from_gguf(path: str | Path) -> DecodeShape:
     KV layout comes from `head_count_kv` (per layer in hybrid models: 0 marks a non-attention
     layer), `key_length`/`value_length` and the sliding window.
     """
-    from harness.gguf_header import read_header
+    from harness.models.gguf_header import read_header
 
     header = read_header(path)
     fields = header.fields

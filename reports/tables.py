@@ -8,11 +8,10 @@ memory. Failed cases keep a row that says what failed.
 from __future__ import annotations
 
 import html
+import math
 
 import pandas as pd
 from rich.table import Table
-
-from backends.registry import load_class, spec_for
 
 _ALWAYS = ("threads",)
 RIGHT_ALIGNED = ("t/s", "median [95% CI]", "t/s per seq", "size", "params", "peak RSS")
@@ -44,14 +43,21 @@ def _median(median: float, low: float, high: float) -> str:
     return f"{median:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _shown_params(df: pd.DataFrame) -> list[str]:
-    """threads always; other parameters when they vary or differ from the backend default."""
+    """threads always; other parameters when they vary or differ from the backend default the
+    run stored (a run stored before defaults were kept shows the parameters that vary)."""
     shown = []
+    defaults = df["defaults"] if "defaults" in df else pd.Series([{}] * len(df), index=df.index)
     for col in (c for c in df.columns if c.startswith("param_")):
         name = col.removeprefix("param_")
         values = df[col].dropna().unique().tolist()
-        defaults = {load_class(spec_for(b)).defaults.get(name) for b in df["backend"].unique()}
-        if name in _ALWAYS or len(values) > 1 or any(v not in defaults for v in values):
+        changed = any(name in d and not (_missing(v) and _missing(d[name])) and v != d[name]
+                      for v, d in zip(df[col], defaults, strict=True))
+        if name in _ALWAYS or len(values) > 1 or changed:
             shown.append(name)
     return shown
 

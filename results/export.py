@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 from results.frames import cases_frame
 from results.schema import CASE_FIELDS, RUN_FIELDS, SCHEMA_VERSION, TRIAL_FIELDS, names
 from results.store import Store

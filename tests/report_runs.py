@@ -18,11 +18,12 @@ FINGERPRINT = {"hard": {"cpu_brand": "Test CPU", "arch": "x86_64", "physical_cor
 
 def decode_case(tps: float, model: str = "synth:tiny-llama@F16", n_gen: int = 16, n_depth: int = 0,
                 status: str = "ok", error: str | None = None, trials: int = 3,
+                backend: str = "llama.cpp", defaults: dict[str, Any] | None = None,
                 **params: Any) -> dict[str, Any]:
     """A tgN@dD case whose every trial decodes at `tps` (±1% around it)."""
     return {"model": model, "n_gen": n_gen, "n_depth": n_depth, "status": status, "error": error,
             "rates": [] if status != "ok" else [tps * (1 + 0.01 * (i - 1)) for i in range(trials)],
-            "params": {"threads": 2, **params}}
+            "params": {"threads": 2, **params}, "backend": backend, "defaults": defaults}
 
 
 def write_run(store: Path, run_id: str, cases: list[dict[str, Any]], started: float = 1.0,
@@ -34,7 +35,8 @@ def write_run(store: Path, run_id: str, cases: list[dict[str, Any]], started: fl
     for index, c in enumerate(cases):
         workload = f"tg{c['n_gen']}" + (f"@d{c['n_depth']}" if c["n_depth"] else "")
         case_id = db.add_case(
-            run_id=run_id, case_index=index, backend="llama.cpp", model=c["model"], model_id=None,
+            run_id=run_id, case_index=index, backend=c["backend"], model=c["model"], model_id=None,
+            param_defaults=c["defaults"],
             model_desc=None, quant=c["model"].rsplit("@", 1)[-1] if "@" in c["model"] else None,
             workload=workload, n_prompt=0, n_gen=c["n_gen"], n_depth=c["n_depth"], params=c["params"],
             repetitions=len(c["rates"]) or 3, status=c["status"], error=c["error"],

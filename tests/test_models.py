@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import TokbenchError
-from harness.models import resolve
+from harness.common.errors import TokbenchError
+from harness.models.sources import resolve
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -58,7 +58,7 @@ def test_missing_model_package() -> None:
 # -- Hugging Face-layout sources (vLLM, MLX) ------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from harness.cli import main
+    from harness.cli.main import main
 
     out = tmp_path_factory.mktemp("hf") / "tiny-lfm2"
     assert main(["models", "tiny", "--arch", "lfm2", "--format", "hf", str(out)]) == 0
@@ -80,7 +80,7 @@ def test_models_tiny_writes_an_hf_checkpoint_that_resolves(tiny_hf: Path) -> Non
 
 
 def test_models_tiny_gguf_goes_into_the_directory(tmp_path: Path) -> None:
-    from harness.cli import main
+    from harness.cli.main import main
 
     assert main(["models", "tiny", "--arch", "llama", "--format", "gguf", str(tmp_path / "d")]) == 0
     model = resolve(str(tmp_path / "d" / "tiny-llama-F16.gguf"))
@@ -112,9 +112,9 @@ def test_hf_sources_refuse_what_an_hf_engine_cannot_read(tmp_path: Path, tiny_gg
 def test_synth_source_gives_each_backend_its_format(monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
     """One source, two layouts: llama.cpp gets the GGUF, vLLM/MLX the cached HF directory."""
-    from harness.runner import resolve_models
-    from harness.suite import expand
-    from harness.workloads import parse_workload
+    from harness.execution.runner import resolve_models
+    from harness.execution.suite import expand
+    from harness.execution.workloads import parse_workload
 
     monkeypatch.setenv("TOKBENCH_CACHE", str(tmp_path))
     cases = expand(["llama.cpp", "mlx", "vllm"], ["synth:tiny-llama@F16"], [parse_workload("tg4")],

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import TokbenchError
-from results.reference import load_devices, load_figures, reference
+from harness.common.errors import TokbenchError
+from reports.comparison import check_figures, reference
+from results.reference import load_devices, load_figures
 
 # (catalog model, device, metric, low, high) of every figure in ../shared/seeds/, in base units.
 SEED_FIGURES = [
@@ -109,3 +110,13 @@ def test_a_device_must_name_its_unknown_specs(tmp_path: Path) -> None:
                     'source = { title = "t", url = "u" }\nnotes = "n"\n')
     with pytest.raises(TokbenchError, match="give `tdp_w` or list it in `unknown`"):
         load_devices(path)
+
+
+def test_figures_name_catalog_models_and_priceable_quants(tmp_path: Path) -> None:
+    from harness.models.quant_mix import FILE_TYPES
+
+    check_figures(load_figures(_write(tmp_path, GOOD)), FILE_TYPES)
+    with pytest.raises(TokbenchError, match="model 'lfm9' is not in the catalog"):
+        check_figures(load_figures(_write(tmp_path, GOOD.replace('"lfm2-1.2b"', '"lfm9"'))), FILE_TYPES)
+    with pytest.raises(TokbenchError, match=r"`roofline_quant` must name a llama\.cpp file type"):
+        check_figures(load_figures(_write(tmp_path, GOOD.replace('"Q8_0"', '"INT8"'))), FILE_TYPES)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from tests.report_runs import BANDWIDTH_GBS, FINGERPRINT, decode_case, write_run
 
 # tiny-llama F16 reads 723,520 B of weights + 512 B of KV per attended token (test_roofline.py); a
@@ -132,3 +132,27 @@ def test_compare_refuses_other_hardware_unless_forced(tmp_path: Path,
     assert "NOT COMPARABLE, shown because of --force" in captured.out  # in the document
     assert captured.err.count("NOT COMPARABLE, shown because of --force") == 2  # above and below
     assert "0.900" in captured.out
+
+
+def test_a_run_from_a_backend_unknown_here_imports_shows_reports_and_compares(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Reports read parameters and defaults from the store, never from a backend class."""
+    defaults = {"threads": None, "npu_tiles": 8, "npu_clock": "auto"}
+    source = tmp_path / "other-machine.db"
+    for run_id, tps in (("npu-1", 200.0), ("npu-2", 400.0)):
+        write_run(source, run_id, [decode_case(tps, backend="acme-npu", defaults=defaults,
+                                               npu_tiles=4, npu_clock="auto")])
+        assert main(["--store", str(source), "export", run_id, "-o", str(tmp_path / f"{run_id}.json")]) == 0
+    here = tmp_path / "here.db"
+    assert main(["--store", str(here), "import", str(tmp_path / "npu-1.json"),
+                 str(tmp_path / "npu-2.json")]) == 0
+    capsys.readouterr()
+    assert main(["--store", str(here), "show", "npu-1"]) == 0
+    shown = capsys.readouterr().out
+    assert "acme-npu" in shown and "npu_tiles" in shown  # 4 differs from the stored default 8
+    assert "npu_clock" not in shown  # at its default in every case: not a column
+    assert report(here, "npu-1", "npu-2", "-o", str(tmp_path / "r.md")) == 0
+    assert "acme-npu" in (tmp_path / "r.md").read_text()
+    assert main(["--store", str(here), "compare", "npu-1", "npu-2", "--format", "csv"]) == 0
+    rows = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert rows["speed_ratio"].iloc[0] == pytest.approx(2.0, rel=0.01)

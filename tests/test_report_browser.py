@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from harness.cli import main
+from harness.cli.main import main
 from tests.report_runs import decode_case, write_run
 
 ARTIFACTS = Path(os.environ.get("TOKBENCH_ARTIFACTS") or Path(__file__).parent / "artifacts")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.architectures import parameter_counts, tensor_shapes
-from harness.catalog import lookup
-from harness.synthetic import synthesize
-from reports.comparison import published_roofline
+from harness.models.architectures import parameter_counts, tensor_shapes
+from harness.models.catalog import lookup
+from harness.models.synthetic import synthesize
+from reports.comparison import published_roofline, reference
 from reports.roofline import (
     bandwidth_ceiling,
     compute_ceiling,
@@ -18,7 +18,7 @@ from reports.roofline import (
     shape_from_catalog,
     shape_from_gguf,
 )
-from results.reference import load_figures, reference
+from results.reference import load_figures
 
 # tiny-llama at F16 (hidden 128, 2 layers, 4 heads, 2 KV heads, ff 256, vocab 512, tied), by hand:
 #   token_embd 128·512·2 B = 131072 (tied: it is the output matrix, read whole)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.stats import rates, summarize
+from harness.common.stats import rates, summarize
 
 
 def test_known_values() -> None:

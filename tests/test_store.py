@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 from results.schema import SCHEMA_VERSION
 from results.store import Store
 

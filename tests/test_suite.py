@@ -2,11 +2,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import _suite_from_args as suite_from_args
-from harness.cli import build_parser
-from harness.errors import TokbenchError
-from harness.suite import expand, load_suite
-from harness.workloads import parse_workload
+from backends.base import BackendError
+from harness.cli.main import build_parser
+from harness.cli.shared import suite_from_args
+from harness.common.errors import TokbenchError
+from harness.execution.suite import expand, load_suite
+from harness.execution.workloads import parse_workload
 
 
 def _cli_suite(*argv: str):
@@ -56,9 +57,14 @@ def test_quants_fill_the_model_template() -> None:
         _cli_suite("-m", "plain.gguf", "-q", "Q4_0")
 
 
-def test_unknown_backend() -> None:
-    with pytest.raises(TokbenchError, match="unknown backend 'nope'"):
+def test_unknown_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(BackendError, match="unknown backend 'nope'"):
         _cli_suite("--backend", "nope", "-m", "a.gguf")
+    from harness.cli.main import main
+
+    assert main(["run", "--backend", "nope", "-m", "a.gguf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tokbench: error: unknown backend 'nope'") and err.count("\n") == 1
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -139,7 +145,7 @@ def test_engine_parameters_apply_to_the_backends_that_take_them() -> None:
     ("dtype", "int4", "dtype must be one of"),
 ])
 def test_engine_parameter_values_are_checked(flag: str, value: str, message: str) -> None:
-    from harness.params import PARAMS, parse_list
+    from harness.execution.params import PARAMS, parse_list
 
     with pytest.raises(TokbenchError, match=message):
         parse_list(PARAMS[flag], value, f"--{flag}")

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from gguf import GGUFReader, quants
 
-from harness import synthetic
-from harness.architectures import parameter_counts
-from harness.catalog import CATALOG, lookup, small_variant
-from harness.cli import main
-from harness.errors import TokbenchError
-from harness.synthetic import ensure, predicted_size, synthesize
+from harness.cli.main import main
+from harness.common.errors import TokbenchError
+from harness.models import synthetic
+from harness.models.architectures import parameter_counts
+from harness.models.catalog import CATALOG, lookup, small_variant
+from harness.models.synthetic import ensure, predicted_size, synthesize
 from tests.conftest import GEMMA
 
 # GGUF file sizes as published (GB = 1e9 bytes; MB = 1e6): the seeds' table and Hugging Face
@@ -167,7 +167,7 @@ QUANTIZER_QUANTS = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_
 def test_per_tensor_types_match_llama_cpp_quantizer(tmp_path: Path) -> None:
     """Quantize an F16 synthetic model with llama.cpp itself; the directly written file of
     the same quant must have the same tensors, in the same order, with the same types."""
-    from harness.quant_mix import file_type
+    from harness.models.quant_mix import file_type
 
     jobs, expected = [], {}
     for label, spec in QUANTIZER_MODELS.items():
@@ -266,7 +266,7 @@ def test_hf_checkpoint_has_config_weights_and_tokenizer(tmp_path: Path, name: st
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
-    from harness import hf_checkpoint
+    from harness.models import hf_checkpoint
 
     monkeypatch.setattr(hf_checkpoint, "SHARD_BYTES", 400_000)  # force several shards
     out = tmp_path / "hf"

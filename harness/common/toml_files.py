@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 
 T = GGMLQuantizationType
 

@@ -10,105 +10,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from harness import cli_gate, cli_report, hardware, models_cli
-from harness.errors import TokbenchError
-from harness.models import DEFAULT_MODEL
-from harness.params import PARAMS, parse_list
-from harness.runner import Hooks, Runner, Workers
-from harness.suite import (
+from backends.base import BackendError
+from harness.cli import gate as cli_gate
+from harness.cli import models as models_cli
+from harness.cli import report as cli_report
+from harness.cli.shared import (
+    ProgressHooks,
+    add_grid_options,
+    run_with_progress,
+    store_of,
+    suite_from_args,
+)
+from harness.common.errors import TokbenchError
+from harness.execution.engines import probe_engines
+from harness.execution.lifecycle import Workers
+from harness.execution.runner import Runner
+from harness.execution.suite import (
     DEFAULT_REPETITIONS,
     DEFAULT_TIMEOUT_S,
-    Suite,
-    expand,
-    expand_quants,
-    load_suite,
 )
-from harness.workloads import parse_workload
+from harness.hardware import profile as hardware
 
 EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class _ProgressHooks(Hooks):
-    """A rich progress bar: case i/N, the case, elapsed time, trials done."""
-
-    def __init__(self, console: Console) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]case"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-            transient=False,
-        )
-        self.task: Any = None
-        self.label = ""
-
-    def run_started(self, run_id: str, n_cases: int) -> None:
-        self.progress.start()
-        self.task = self.progress.add_task(f"run {run_id}", total=n_cases)
-
-    def case_started(self, index: int, case: Any) -> None:
-        self.label = case.label()
-        self.progress.update(self.task, description=self.label)
-
-    def trial_done(self, index: int, trial: int) -> None:
-        self.progress.update(self.task, description=f"{self.label} · trial {trial + 1}")
-
-    def case_done(self, index: int, status: str, error: str | None) -> None:
-        self.progress.advance(self.task)
-        if status != "ok":
-            self.progress.console.print(f"[red]case {index + 1} failed:[/red] {error}")
-
-    def stop(self) -> None:
-        self.progress.stop()
-
-
-def _store(args: argparse.Namespace, create: bool = True) -> Any:
-    from results.store import Store
-
-    return Store(args.store, create=create)
-
-
-# -- run --------------------------------------------------------------------------------------
-def _suite_from_args(args: argparse.Namespace) -> Suite:
-    if args.suite:
-        suite = load_suite(args.suite)
-        if args.repetitions is not None:
-            suite.repetitions = args.repetitions
-        if args.timeout is not None:
-            suite.timeout_s = args.timeout
-        return suite
-    quants = [q for q in args.quants.split(",") if q] if args.quants else None
-    models = expand_quants([m for m in (args.model or DEFAULT_MODEL).split(",") if m], quants,
-                           "--quants")
-    workloads = [parse_workload(w) for w in args.workloads.split(",") if w.strip()]
-    params = {name: parse_list(PARAMS[name], getattr(args, name), f"--{name.replace('_', '-')}")
-              for name in PARAMS if getattr(args, name) is not None}
-    cases = expand(args.backend.split(","), models, workloads, params, "command line")
-    python = {}
-    if args.python:
-        python = {b: args.python for b in {c.backend for c in cases}}
-    return Suite(cases, args.repetitions or DEFAULT_REPETITIONS,
-                 args.timeout or DEFAULT_TIMEOUT_S, not args.no_warmup, args.seed, python)
-
-
-def run_with_progress(runner: Any, hooks: _ProgressHooks, console: Console,
-                      argv: list[str]) -> Any:
-    """Run with the progress bar; None when interrupted (finished trials stay stored)."""
-    command = "tokbench " + " ".join(shlex.quote(a) for a in argv)
-    try:
-        return runner.run(command)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
-        return None
-    finally:
-        hooks.stop()
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -120,9 +50,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         raise TokbenchError(f"-r/--repetitions must be ≥ 1 (got {args.repetitions})")
     if args.timeout is not None and args.timeout <= 0:
         raise TokbenchError(f"--timeout must be > 0 seconds (got {args.timeout})")
-    suite = _suite_from_args(args)
-    store = _store(args)
-    hooks = _ProgressHooks(console)
+    suite = suite_from_args(args)
+    store = store_of(args)
+    hooks = ProgressHooks(console)
     outcome = run_with_progress(Runner(store, suite, hooks, measure_bandwidth=not args.no_bandwidth),
                                 hooks, console, args.argv)
     if outcome is None:
@@ -158,7 +88,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     try:
         for name in available():
             try:
-                engines[name] = workers.probe(name)
+                engines.update(probe_engines(workers, [name]))
             except TokbenchError as exc:
                 engines[name] = {"error": str(exc)}
     finally:
@@ -187,7 +117,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
 def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
-    store = _store(args, create=False)
+    store = store_of(args, create=False)
     table = Table(title=f"runs in {store.path}")
     for col in ("run", "started (UTC)", "status", "cases", "failed", "command"):
         table.add_column(col)
@@ -203,7 +133,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     from reports.tables import summary_table, to_rich
     from results.frames import cases_frame
 
-    store = _store(args, create=False)
+    store = store_of(args, create=False)
     run_id = store.resolve_run(args.run)
     run = store.run(run_id)
     state = store.run_state(run)
@@ -226,7 +156,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from results.export import WRITERS
     from results.frames import cases_frame
 
-    store = _store(args, create=False)
+    store = store_of(args, create=False)
     run_id = store.resolve_run(args.run)
     if args.format == "md":
         text = to_markdown(summary_table(cases_frame(store, run_id)))
@@ -243,7 +173,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 def cmd_import(args: argparse.Namespace, console: Console) -> int:
     from results.export import import_document
 
-    store = _store(args)
+    store = store_of(args)
     for path in args.files:
         console.print(f"imported run {import_document(store, path)} from {path}")
     return EXIT_OK
@@ -258,21 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a benchmark grid or a suite file")
-    run.add_argument("suite", nargs="?", help="suite TOML file (instead of the grid options)")
-    run.add_argument("--backend", default="llama.cpp", help="backend(s), comma-separated")
-    run.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
-    run.add_argument("-q", "--quants", help="quants filled into {quant} in the model sources")
-    run.add_argument("-w", "--workloads", default="pp512,tg128",
-                     help="workloads, comma-separated: ppN, tgN, ppN+tgN, …@dN")
-    for p in PARAMS.values():
-        run.add_argument(*p.flags, dest=p.name, help=f"{p.help} (comma list → grid)")
-    run.add_argument("-r", "--repetitions", type=int, help=f"trials per case (default {DEFAULT_REPETITIONS})")
-    run.add_argument("--timeout", type=float, help=f"seconds per case (default {DEFAULT_TIMEOUT_S:g})")
-    run.add_argument("--no-warmup", action="store_true", help="skip the warm-up trial")
-    run.add_argument("--seed", type=int, default=42, help="seed for the random prompt tokens")
-    run.add_argument("--python", help="interpreter for backend workers (an engine's own venv)")
-    run.add_argument("--no-bandwidth", action="store_true", help="skip the memory-bandwidth probe")
-    run.add_argument("-o", "--output", help="also write the run as JSON to this file")
+    add_grid_options(run, f"trials per case (default {DEFAULT_REPETITIONS})",
+                     f"seconds per case, its model load included (default {DEFAULT_TIMEOUT_S:g})")
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="show this machine's hardware profile")
@@ -315,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=to_stderr, width=None if tty else 200)
     try:
         return args.func(args, console)
-    except TokbenchError as exc:
+    except (TokbenchError, BackendError) as exc:
         print(f"tokbench: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

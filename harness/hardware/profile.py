@@ -11,11 +11,15 @@ import os
 import platform
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
-from harness.bandwidth import measure_bandwidth
+from harness.common import cache
+from harness.hardware.bandwidth import measure_bandwidth
 
 #: Field → what it means. Every profile carries exactly these keys (None when unknown).
 PROFILE_FIELDS: dict[str, str] = {
@@ -36,7 +40,8 @@ PROFILE_FIELDS: dict[str, str] = {
     "gpus": "GPUs seen through NVML (name, memory, driver, CUDA, clocks, power limit)",
     "gpu_note": "why no GPU is listed, when none is",
     "apple": "Apple chip details from sysctl (macOS only)",
-    "memory_bandwidth": "measured copy bandwidth (GB/s, read+write) and how it was measured",
+    "memory_bandwidth": "measured copy bandwidth (GB/s, read+write), how and when it was measured "
+                        "(once per boot, then cached)",
     "engines": "per backend: engine version and build/system info, probed in a worker",
 }
 
@@ -47,17 +52,31 @@ _ISA_OF_INTEREST = (
     "i8mm", "sve", "sve2", "sme", "bf16", "fphp", "asimdhp",
 )
 
-HARD_FIELDS = ("cpu_brand", "arch", "physical_cores", "ram_gib", "gpus")
-SOFT_FIELDS = ("kernel", "os", "python", "gpu_driver", "cuda")
-
 
 def _cpuinfo() -> dict[str, Any]:
-    import cpuinfo
+    """py-cpuinfo's answer (about a second: it probes CPUID in a subprocess), cached per boot."""
+    info = cache.get("hardware", "cpuinfo")
+    if info is None:
+        import cpuinfo
 
-    try:
-        return cpuinfo.get_cpu_info()
-    except Exception:  # py-cpuinfo shells out and parses; never let it sink a profile
-        return {}
+        try:
+            info = cpuinfo.get_cpu_info()
+        except Exception:  # py-cpuinfo shells out and parses; never let it sink a profile
+            return {}
+        cache.put("hardware", "cpuinfo", info)
+    return info
+
+
+def _bandwidth(threads: int, mib_per_thread: int) -> dict[str, Any]:
+    """The copy-bandwidth probe (over a second), measured once per boot and kept with the time it
+    was measured; TOKBENCH_NO_CACHE=1 measures it again."""
+    key = f"bandwidth {threads}x{mib_per_thread}"
+    bw = cache.get("hardware", key)
+    if bw is None:
+        bw = {**measure_bandwidth(threads, mib_per_thread=mib_per_thread), "measured_at": time.time()}
+        cache.put("hardware", key, bw)
+        return bw
+    return {**bw, "cached": True}
 
 
 def _caches(info: dict[str, Any]) -> dict[str, int | None]:
@@ -148,7 +167,7 @@ def collect(bandwidth: bool = True, engines: dict[str, Any] | None = None) -> di
     bw = None
     if bandwidth:
         total_mib = min(1024, max(256, 4 * (caches["l3"] or 0) // 2**20))
-        bw = measure_bandwidth(physical, mib_per_thread=max(32, total_mib // physical))
+        bw = _bandwidth(physical, max(32, total_mib // physical))
     profile = {
         "cpu_brand": info.get("brand_raw") or platform.processor() or None,
         "cpu_vendor": info.get("vendor_id_raw"),
@@ -174,28 +193,49 @@ def collect(bandwidth: bool = True, engines: dict[str, Any] | None = None) -> di
     return profile
 
 
+def _gpus(profile: dict[str, Any]) -> list[dict[str, Any]]:
+    return profile.get("gpus") or []
+
+
+def _engines(profile: dict[str, Any]) -> dict[str, Any]:
+    return {name: {k: e.get(k) for k in ("engine", "engine_version", "ggml_commit", "system_info")}
+            for name, e in (profile.get("engines") or {}).items()}
+
+
+@dataclass(frozen=True)
+class FingerprintField:
+    """One fingerprint field: hard fields must match for two results to be compared; soft fields
+    may differ with a warning."""
+
+    name: str
+    hard: bool
+    doc: str
+    derive: Callable[[dict[str, Any]], Any]
+
+
+FINGERPRINT_FIELDS: tuple[FingerprintField, ...] = (
+    FingerprintField("cpu_brand", True, "CPU model name", lambda p: p.get("cpu_brand")),
+    FingerprintField("arch", True, "machine architecture", lambda p: p.get("arch")),
+    FingerprintField("physical_cores", True, "physical CPU cores", lambda p: p.get("physical_cores")),
+    FingerprintField("ram_gib", True, "installed RAM, GiB rounded",
+                     lambda p: round((p.get("ram_bytes") or 0) / 2**30)),
+    FingerprintField("gpus", True, "each GPU's name and memory (GiB)",
+                     lambda p: [f"{g['name']} {round(g['memory_bytes'] / 2**30)}GiB" for g in _gpus(p)]),
+    FingerprintField("engines", True, "per backend: engine, version, ggml commit, system info", _engines),
+    FingerprintField("kernel", False, "kernel version string", lambda p: p.get("kernel")),
+    FingerprintField("os", False, "operating system and release", lambda p: p.get("os")),
+    FingerprintField("python", False, "Python implementation and version", lambda p: p.get("python")),
+    FingerprintField("gpu_driver", False, "NVIDIA driver of the first GPU",
+                     lambda p: _gpus(p)[0]["driver"] if _gpus(p) else None),
+    FingerprintField("cuda", False, "CUDA driver version of the first GPU",
+                     lambda p: _gpus(p)[0]["cuda"] if _gpus(p) else None),
+)
+
+
 def fingerprint(profile: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Split the profile into hard fields (must match to compare) and soft fields (warn)."""
-    gpus = profile.get("gpus") or []
-    hard = {
-        "cpu_brand": profile.get("cpu_brand"),
-        "arch": profile.get("arch"),
-        "physical_cores": profile.get("physical_cores"),
-        "ram_gib": round((profile.get("ram_bytes") or 0) / 2**30),
-        "gpus": [f"{g['name']} {round(g['memory_bytes'] / 2**30)}GiB" for g in gpus],
-        "engines": {
-            name: {k: e.get(k) for k in ("engine", "engine_version", "ggml_commit", "system_info")}
-            for name, e in (profile.get("engines") or {}).items()
-        },
-    }
-    soft = {
-        "kernel": profile.get("kernel"),
-        "os": profile.get("os"),
-        "python": profile.get("python"),
-        "gpu_driver": gpus[0]["driver"] if gpus else None,
-        "cuda": gpus[0]["cuda"] if gpus else None,
-    }
-    return {"hard": hard, "soft": soft}
+    return {kind: {f.name: f.derive(profile) for f in FINGERPRINT_FIELDS if f.hard == (kind == "hard")}
+            for kind in ("hard", "soft")}
 
 
 def profile_json(profile: dict[str, Any]) -> str:

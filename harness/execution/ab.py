@@ -10,36 +10,31 @@ threads. Every trial is stored as it arrives, in one ordinary run whose cases ca
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
 import shlex
 import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
-from backends.registry import spec_for
-from harness import hardware, models
-from harness.errors import TokbenchError
-from harness.params import PARAMS
-from harness.runner import (
-    _STDERR_TAIL,
-    Hooks,
+from harness.common.errors import TokbenchError
+from harness.execution.engines import probe_engines
+from harness.execution.lifecycle import Hooks, Workers, WorkerSession
+from harness.execution.params import PARAMS
+from harness.execution.runner import (
     RunOutcome,
-    Workers,
-    _describe_exit,
-    _WorkerResult,
     add_pending_case,
-    apply_message,
+    case_request,
+    finish_case,
+    open_request,
     resolve_models,
+    skip_case,
     start_run,
 )
-from harness.suite import Case, Suite
+from harness.execution.suite import Case, Suite, load_key
+from harness.hardware import profile as hardware
 from results.store import Store
 
 ARM_KEYS = ("python", "model", *PARAMS)
@@ -104,98 +99,9 @@ def pairs(suite: Suite, arm_a: Arm, arm_b: Arm) -> list[tuple[Case, Case]]:
     return list(dict.fromkeys((arm_a.apply(c), arm_b.apply(c)) for c in suite.cases))
 
 
-class _Session:
-    """One arm's persistent worker for one case: started and warmed up once, asked for blocks of
-    trials, closed. Each message is recorded as it arrives."""
-
-    def __init__(self, runner: ABRunner, arm: str, case: Case, case_id: int, index: int,
-                 request: dict[str, Any]) -> None:
-        self.runner, self.arm, self.case, self.case_id, self.index = runner, arm, case, case_id, index
-        self.request = request
-        self.result = _WorkerResult()
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - lives until close()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.result.status == "running"
-
-    def start(self) -> bool:
-        store = self.runner.store
-        store.update_case(self.case_id, status="running", started_at=time.time())
-        self.result.status = "running"
-        self.proc = self.runner.workers[self.arm].spawn(self.case.backend, self.request, self.err,
-                                                        keep_stdin=True)
-        self.runner.hooks.worker_started(self.index, self.proc.pid)
-        return self._until("ready")
-
-    def block(self, n: int) -> bool:
-        return self._send({"op": "trials", "n": n}) and self._until("block_done")
-
-    def _send(self, command: dict[str, Any]) -> bool:
-        assert self.proc is not None and self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps(command) + "\n").encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return False
-        return True
-
-    def _until(self, kind: str) -> bool:
-        """Record messages until `kind` arrives; False when the worker fails, ends or times out."""
-        assert self.proc is not None
-        timeout = self.runner.suite.timeout_s
-        for msg in Workers.messages(self.proc, time.monotonic() + timeout):
-            if msg is None:
-                Workers.kill(self.proc)
-                self.result.status = "error"
-                self.result.error = (f"timed out after {timeout:g} s ({self.result.trials}/"
-                                     f"{self.runner.suite.repetitions} trials done); raise --timeout "
-                                     "if the case is just slow")
-                return False
-            if msg["type"] == kind:
-                return True
-            apply_message(self.runner.store, self.runner.hooks, self.case_id, self.index, msg,
-                          self.result)
-            if self.result.status != "running":
-                return False
-        return False
-
-    def close(self, kill: bool = False) -> _WorkerResult:
-        """Ask the worker to finish (or kill it), then write the case's final record."""
-        if self.proc is None:
-            return self.result
-        if kill:
-            Workers.kill(self.proc)
-        elif self.alive and self._send({"op": "close"}):
-            self._until("end of stream")  # records `done` (memory figures)
-        with contextlib.suppress(OSError):
-            self.proc.stdin.close()  # type: ignore[union-attr]
-        try:
-            returncode = self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            Workers.kill(self.proc)
-            returncode = self.proc.returncode
-        self.err.seek(0)
-        stderr_tail = self.err.read().decode(errors="replace")[-_STDERR_TAIL:]
-        self.err.close()
-        result = self.result
-        if kill:
-            result.status, result.error = "interrupted", "interrupted by the user"
-        elif result.status == "running":
-            result.status = "error"
-            result.error = _describe_exit(returncode, result.trials, self.runner.suite.repetitions)
-            result.detail = stderr_tail
-        elif result.status == "error" and not result.detail:
-            result.detail = stderr_tail
-        self.runner.store.update_case(self.case_id, status=result.status, error=result.error,
-                                      error_detail=result.detail, finished_at=time.time(),
-                                      **result.updates)
-        return result
-
-
 class ABRunner:
-    """Runs the (A, B) case pairs of a suite, interleaved, into one stored run."""
+    """Runs the (A, B) case pairs of a suite, interleaved, into one stored run. Each arm keeps one
+    worker per model load, as `run` does, so consecutive pairs that share their loads reuse them."""
 
     def __init__(self, store: Store, suite: Suite, arm_a: Arm, arm_b: Arm, block: int = 1,
                  hooks: Hooks | None = None, measure_bandwidth: bool = True) -> None:
@@ -215,9 +121,11 @@ class ABRunner:
     def _engines(self) -> tuple[dict[tuple[str, str], Any], dict[str, Any]]:
         """Engine info per (arm, backend), probed under each arm's interpreter, and the run
         profile's engines: one entry per backend, or one per arm where the arms' builds differ."""
-        per_arm = {(arm, c.backend): None for pair in self.pairs for arm, c in zip("AB", pair, strict=True)}
-        for arm, backend in per_arm:
-            per_arm[arm, backend] = self.workers[arm].probe(backend)
+        per_arm: dict[tuple[str, str], Any] = {}
+        for arm in "AB":
+            backends = dict.fromkeys(pair["AB".index(arm)].backend for pair in self.pairs)
+            for backend, info in probe_engines(self.workers[arm], backends).items():
+                per_arm[arm, backend] = info
         profile: dict[str, Any] = {}
         for backend in dict.fromkeys(b for _, b in per_arm):
             a, b = per_arm.get(("A", backend)), per_arm.get(("B", backend))
@@ -240,61 +148,69 @@ class ABRunner:
                     for index, case in enumerate(cases)]
         self.hooks.run_started(run_id, len(cases))
         outcome = RunOutcome(run_id, "complete")
+        sessions: dict[str, WorkerSession | None] = {"A": None, "B": None}
         try:
             for k in range(len(self.pairs)):
+                for j, arm in enumerate("AB"):
+                    index = 2 * k + j
+                    session = sessions[arm]
+                    if session is not None and (session.dead or load_key(cases[index]) != session.key):
+                        session.close()
+                        session = None
+                    if session is None:
+                        group = [cases[i] for i in range(index, len(cases), 2)
+                                 if load_key(cases[i]) == load_key(cases[index])]
+                        session = WorkerSession(self.workers[arm], cases[index].backend, open_request(
+                            cases[index], resolved[index], suite.seed + k, group, idle=True),
+                            self.store, self.hooks, suite.timeout_s)
+                        session.key = load_key(cases[index])
+                    sessions[arm] = session
                 self._run_pair(k, cases[2 * k: 2 * k + 2], case_ids[2 * k: 2 * k + 2],
-                               resolved[2 * k: 2 * k + 2], outcome)
+                               [sessions["A"], sessions["B"]], outcome)
+                if suite.isolate:
+                    for arm in "AB":
+                        sessions[arm].close()  # type: ignore[union-attr]
+                        sessions[arm] = None
         except KeyboardInterrupt:
             outcome.status = "interrupted"
             self.store.update_run(run_id, status="interrupted", finished_at=time.time())
             raise
         finally:
+            for session in sessions.values():
+                if session is not None:
+                    session.close()
             for workers in self.workers.values():
                 workers.close()
         outcome.status = "failed" if outcome.failed else "complete"
         self.store.update_run(run_id, status=outcome.status, finished_at=time.time())
         return outcome
 
-    def _run_pair(self, k: int, cases: list[Case], case_ids: list[int],
-                  resolved: list[models.ResolvedModel], outcome: RunOutcome) -> None:
-        sessions: list[_Session] = []
-        interrupted = False
+    def _run_pair(self, k: int, cases: list[Case], case_ids: list[int], sessions: list[Any],
+                  outcome: RunOutcome) -> None:
+        started: list[WorkerSession] = []
         try:
-            for j, (arm, case, case_id) in enumerate(zip("AB", cases, case_ids, strict=True)):
-                index = 2 * k + j
-                self.hooks.case_started(index, case)
-                request = {
-                    "op": "serve", "backend": spec_for(case.backend),
-                    "model_path": str(resolved[j].path), "params": case.param_dict,
-                    "seed": self.suite.seed + k,  # both arms see the same prompt tokens
-                    "workload": {"n_prompt": case.workload.n_prompt, "n_gen": case.workload.n_gen,
-                                 "n_depth": case.workload.n_depth},
-                    "warmup": self.suite.warmup,
-                }
-                session = _Session(self, arm, case, case_id, index, request)
-                sessions.append(session)
-                if not session.start():
-                    break
-            if len(sessions) == 2 and all(s.alive for s in sessions):
+            for j, session in enumerate(sessions):
+                self.hooks.case_started(2 * k + j, cases[j])
+                started.append(session)
+                request = case_request(cases[j], self.suite.seed + k, self.suite.warmup)
+                if not session.begin(case_ids[j], 2 * k + j, request, self.suite.repetitions):
+                    break  # both arms' prompts come from seed + k: they see the same tokens
+            if len(started) == 2 and not any(s.dead for s in started):
                 left = {"A": self.suite.repetitions, "B": self.suite.repetitions}
                 n_blocks = -(-self.suite.repetitions // self.block)
-                by_arm = {s.arm: s for s in sessions}
+                by_arm = dict(zip("AB", sessions, strict=True))
                 for arm in abba(n_blocks):
                     n = min(self.block, left[arm])
                     left[arm] -= n
                     if n and not by_arm[arm].block(n):
                         break
         except KeyboardInterrupt:
-            interrupted = True
+            for session in started:
+                session.end(interrupted=True)
             raise
-        finally:
-            for j, session in enumerate(sessions):
-                result = session.close(kill=interrupted)
-                if result.status != "ok" and not interrupted:
-                    outcome.failed.append((2 * k + j, f"{session.arm}: {session.case.label()}",
-                                           result.error or result.status))
-                self.hooks.case_done(2 * k + j, result.status, result.error)
-            for j in range(len(sessions), 2):  # the B worker never started: A's start failed
-                self.store.update_case(case_ids[j], status="error", error="not run: the other arm failed")
-                outcome.failed.append((2 * k + j, f"{'AB'[j]}: {cases[j].label()}",
-                                       "not run: the other arm failed"))
+        for j, session in enumerate(started):
+            result = session.end()
+            finish_case(outcome, self.hooks, 2 * k + j, f"{'AB'[j]}: {cases[j].label()}", result)
+        for j in range(len(started), 2):  # the B worker never started: A's start failed
+            skip_case(self.store, self.hooks, outcome, 2 * k + j, cases[j], case_ids[j],
+                      "not run: the other arm failed")

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.architectures import tensor_shapes
-from harness.catalog import ModelSpec
-from harness.errors import TokbenchError
-from harness.synthetic import GENERATOR_VERSION, Progress, cache_dir, check_free_disk
-from harness.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, bpe_vocab
+from harness.common.errors import TokbenchError
+from harness.models.architectures import tensor_shapes
+from harness.models.catalog import ModelSpec
+from harness.models.synthetic import GENERATOR_VERSION, Progress, cache_dir, check_free_disk
+from harness.models.vocab import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, bpe_vocab
 
 SHARD_BYTES = 2 * 10**9
 

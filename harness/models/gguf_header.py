@@ -16,8 +16,8 @@ from typing import Any
 
 from gguf import GGMLQuantizationType
 
-from harness.errors import TokbenchError
-from harness.quant_mix import tensor_bytes
+from harness.common.errors import TokbenchError
+from harness.models.quant_mix import tensor_bytes
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
             12: "<d"}

@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from harness import synthetic
-from harness.architectures import parameter_counts
-from harness.catalog import CATALOG, TINY, ModelSpec, lookup
-from harness.errors import TokbenchError
-from harness.memory_estimate import ram_needed
-from harness.quant_mix import FILE_TYPES
+from harness.common.errors import TokbenchError
+from harness.models import synthetic
+from harness.models.architectures import parameter_counts
+from harness.models.catalog import CATALOG, TINY, ModelSpec, lookup
+from harness.models.memory_estimate import ram_needed
+from harness.models.quant_mix import FILE_TYPES
 
 LIST_QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
 
@@ -83,7 +83,7 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     quant = (args.quant or ("F16" if args.format == "hf" else "Q4_K_M")).upper()
     start = time.perf_counter()
     if args.format == "hf":
-        from harness import hf_checkpoint
+        from harness.models import hf_checkpoint
 
         if quant != "F16":
             raise TokbenchError(f"-q {quant}: Hugging Face checkpoints are written in F16; "
@@ -113,7 +113,7 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_clone(args: argparse.Namespace, console: Console) -> int:
-    from harness.models import resolve
+    from harness.models.sources import resolve
 
     source = resolve(args.source).path
     target = Path(args.out or f"{source.stem}-twin.gguf")

@@ -11,9 +11,9 @@ from typing import Any
 
 from gguf import GGMLQuantizationType, GGUFValueType, Keys
 
-from harness.catalog import ModelSpec
-from harness.errors import TokbenchError
-from harness.quant_mix import ModelFacts, TensorShape
+from harness.common.errors import TokbenchError
+from harness.models.catalog import ModelSpec
+from harness.models.quant_mix import ModelFacts, TensorShape
 
 T = GGMLQuantizationType
 

@@ -33,7 +33,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from harness.cli_gate import run_doc
+    from harness.cli.shared import run_doc
     from reports.compare import compare_documents, display
     from reports.tables import to_markdown, to_rich
 

@@ -14,30 +14,14 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import TokbenchError
-from harness.gate_compare import GateReport, compare_arms, compare_runs
-from harness.gate_config import DEFAULT_FILE, load_gate_config
-from harness.models import DEFAULT_MODEL
-from harness.params import PARAMS
-from harness.toml_files import read_toml
+from harness.cli.shared import ProgressHooks, add_grid_options, run_doc, run_with_progress, suite_from_args
+from harness.common.errors import TokbenchError
+from harness.common.toml_files import read_toml
+from harness.gate.config import DEFAULT_FILE, load_gate_config
+from harness.gate.matching import GateReport, compare_arms, compare_runs
 
 AB_REPETITIONS = 10
 EXIT_INTERRUPTED = 130
-
-
-def run_doc(ref: str, store_path: str | None) -> dict[str, Any]:
-    """A run document from an exported JSON file or a run reference in the store."""
-    from results.export import read_document, run_document
-    from results.store import Store
-
-    path = Path(ref)
-    if path.suffix == ".json" or path.is_file():
-        return read_document(path)
-    store = Store(store_path, create=False)
-    try:
-        return run_document(store, store.resolve_run(ref))
-    finally:
-        store.close()
 
 
 def _baseline(ref: str, store_path: str | None) -> tuple[dict[str, Any] | None, str | None]:
@@ -96,8 +80,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_ab(args: argparse.Namespace, console: Console) -> int:
-    from harness.ab import ABRunner, parse_arm
-    from harness.cli import _ProgressHooks, _suite_from_args, run_with_progress
+    from harness.execution.ab import ABRunner, parse_arm
     from results.export import run_document, write_json
     from results.store import Store
 
@@ -105,7 +88,7 @@ def cmd_ab(args: argparse.Namespace, console: Console) -> int:
     arm_a, arm_b = parse_arm("A", args.a), parse_arm("B", args.b)
     if args.timeout is not None and args.timeout <= 0:
         raise TokbenchError(f"--timeout must be > 0 seconds (got {args.timeout})")
-    suite = _suite_from_args(args)  # checks a suite file, its repetitions included
+    suite = suite_from_args(args)  # checks a suite file, its repetitions included
     repetitions = args.repetitions
     if repetitions is None and args.suite:  # the suite file's own repetitions, when it sets them
         repetitions = read_toml(Path(args.suite), "suite file").get("repetitions")
@@ -116,7 +99,7 @@ def cmd_ab(args: argparse.Namespace, console: Console) -> int:
                             f"{config.defaults.min_trials} ({config.source}); raise -r")
     suite.repetitions = repetitions
     store = Store(args.store)
-    hooks = _ProgressHooks(console)
+    hooks = ProgressHooks(console)
     runner = ABRunner(store, suite, arm_a, arm_b, args.block, hooks, measure_bandwidth=not args.no_bandwidth)
     outcome = run_with_progress(runner, hooks, console, args.argv)
     if outcome is None:
@@ -147,21 +130,9 @@ def add_commands(sub: Any) -> None:
                     help='arm A: space-separated key=value, e.g. "python=/base/bin/python" or '
                          '"threads=1" or "model=a.gguf"; "" runs the suite as is')
     ab.add_argument("--b", required=True, metavar="SPEC", help="arm B, same syntax")
-    ab.add_argument("suite", nargs="?", help="suite TOML file (instead of the grid options)")
-    ab.add_argument("--backend", default="llama.cpp", help="backend(s), comma-separated")
-    ab.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
-    ab.add_argument("-q", "--quants", help="quants filled into {quant} in the model sources")
-    ab.add_argument("-w", "--workloads", default="pp512,tg128", help="workloads, comma-separated")
-    for p in PARAMS.values():
-        ab.add_argument(*p.flags, dest=p.name, help=f"{p.help} (comma list → grid)")
-    ab.add_argument("-r", "--repetitions", type=int, help=f"trials per arm (default {AB_REPETITIONS})")
+    add_grid_options(ab, f"trials per arm (default {AB_REPETITIONS})",
+                     "seconds per case and arm, its model load included")
     ab.add_argument("--block", type=int, default=1, help="trials per block (default 1: A B B A …)")
-    ab.add_argument("--timeout", type=float, help="seconds per worker step (load, block)")
-    ab.add_argument("--no-warmup", action="store_true", help="skip the warm-up trial")
-    ab.add_argument("--seed", type=int, default=42, help="seed for the random prompt tokens")
-    ab.add_argument("--python", help="default worker interpreter of both arms")
-    ab.add_argument("--no-bandwidth", action="store_true", help="skip the memory-bandwidth probe")
-    ab.add_argument("-o", "--output", help="also write the run as JSON to this file")
     _add_outputs(ab)
     ab.set_defaults(func=cmd_ab)
 

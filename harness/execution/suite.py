@@ -1,7 +1,9 @@
 """Suites: models × workloads × parameter grids, from the command line or a TOML file.
 
-The grid is expanded models-outermost and load parameters before context parameters, the order
-that reloads models least (llama-bench's order).
+The grid is expanded models-outermost and load parameters before context parameters, and a
+suite keeps the cases of one model load together (first appearance first), the order that
+reloads models least (llama-bench's order): the runner serves each such run of cases from one
+worker.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Any
 import psutil
 
 from backends.registry import canonical, load_class, spec_for
-from harness.errors import TokbenchError
-from harness.params import PARAMS
-from harness.toml_files import check_keys, read_toml
-from harness.workloads import Workload, parse_workload
+from harness.common.errors import TokbenchError
+from harness.common.toml_files import check_keys, read_toml
+from harness.execution.params import PARAMS
+from harness.execution.workloads import Workload, parse_workload
 
 DEFAULT_REPETITIONS = 5
 DEFAULT_TIMEOUT_S = 900.0
@@ -41,6 +43,20 @@ class Case:
         return f"{self.backend} {Path(self.model).name} {self.workload.name} {shown}".strip()
 
 
+def load_key(case: Case) -> tuple[Any, ...]:
+    """What one loaded model serves: backend, model and every parameter that reloads it."""
+    return (case.backend, case.model,
+            tuple((k, v) for k, v in case.params if PARAMS[k].reloads_model))
+
+
+def reuse_order(cases: list[Case]) -> list[Case]:
+    """The cases with each model load's cases together, loads in order of first appearance."""
+    groups: dict[tuple[Any, ...], list[Case]] = {}
+    for case in cases:
+        groups.setdefault(load_key(case), []).append(case)
+    return [case for group in groups.values() for case in group]
+
+
 @dataclass
 class Suite:
     cases: list[Case]
@@ -50,6 +66,10 @@ class Suite:
     seed: int = 42
     python: dict[str, str] = field(default_factory=dict)  # backend → worker interpreter
     name: str = "cli"
+    isolate: bool = False  # one worker per case (a model load each), instead of one per load
+
+    def __post_init__(self) -> None:
+        self.cases = reuse_order(self.cases)
 
 
 def physical_cores() -> int:
@@ -95,7 +115,8 @@ def expand_quants(models: list[str], quants: list[str] | None, where: str) -> li
 
 # -- suite files ---------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "repetitions", "timeout", "warmup", "seed", "python", "defaults", "benchmark"}
+_TOP_KEYS = {"name", "repetitions", "timeout", "warmup", "seed", "python", "isolate", "defaults",
+             "benchmark"}
 _GROUP_KEYS = {"backend", "backends", "model", "models", "quants", "workload", "workloads", *PARAMS}
 
 
@@ -145,4 +166,4 @@ def load_suite(path: str | Path) -> Suite:
         raise TokbenchError(f"{path}: python must be a table of backend = \"/path/to/python\"")
     return Suite(cases, repetitions, float(timeout), bool(doc.get("warmup", True)),
                  int(doc.get("seed", 42)), {canonical(k): str(v) for k, v in python.items()},
-                 str(doc.get("name", path.stem)))
+                 str(doc.get("name", path.stem)), bool(doc.get("isolate", False)))

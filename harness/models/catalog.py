@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import TokbenchError
-from harness.gate import (
+from harness.gate.config import Acceptance, GateConfig
+from harness.gate.statistics import (
     ERROR,
     INCONCLUSIVE,
     METRICS,
@@ -28,7 +28,6 @@ from harness.gate import (
     compare,
     compare_history,
 )
-from harness.gate_config import Acceptance, GateConfig
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_ERROR, EXIT_INCONCLUSIVE, EXIT_NOT_COMPARABLE = 0, 1, 2, 3, 4
 
@@ -96,13 +95,9 @@ class GateReport:
 
 # -- cases ------------------------------------------------------------------------------------
 def _case_parts(case: dict[str, Any]) -> dict[str, str]:
-    """Label parts: backend, model file name, workload, threads and non-default parameters."""
-    from backends.registry import load_class, spec_for
-
-    try:
-        defaults = load_class(spec_for(case["backend"])).defaults
-    except TokbenchError:
-        defaults = {}
+    """Label parts: backend, model file name, workload, threads and the parameters that differ
+    from the backend defaults the run stored."""
+    defaults = case.get("param_defaults") or {}
     parts = {"backend": case["backend"], "model": Path(case["model"]).name,
              "workload": case["workload"]}
     for key, value in (case.get("params") or {}).items():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.errors import TokbenchError
+from harness.common.errors import TokbenchError
 
 
 def _bool(text: str) -> bool:

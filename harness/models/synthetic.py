@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, Keys
 
-from harness.architectures import facts, metadata, tensor_shapes
-from harness.catalog import ModelSpec, lookup
-from harness.errors import TokbenchError
-from harness.quant_mix import TensorShape, assign_types, file_type, quantizer_order, tensor_bytes
-from harness.vocab import BOS_ID, EOS_ID, PAD_ID, bpe_vocab
+from harness.common import cache
+from harness.common.errors import TokbenchError
+from harness.models.architectures import facts, metadata, tensor_shapes
+from harness.models.catalog import ModelSpec, lookup
+from harness.models.quant_mix import TensorShape, assign_types, file_type, quantizer_order, tensor_bytes
+from harness.models.vocab import BOS_ID, EOS_ID, PAD_ID, bpe_vocab
 
 T = GGMLQuantizationType
 GENERATOR_VERSION = 1
@@ -280,8 +281,7 @@ def clone(source: str | Path, target: str | Path, *, seed: int = 0,
 
 # -- the cache --------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    root = os.environ.get("TOKBENCH_CACHE") or Path.home() / ".cache" / "tokbench"
-    return Path(root) / "models"
+    return cache.root() / "models"
 
 
 def _samples_digest(path: Path, n: int = 64, chunk: int = 1 << 16) -> str:

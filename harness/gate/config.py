@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.errors import TokbenchError
-from harness.gate import METRICS, Thresholds
-from harness.toml_files import check_keys, read_toml
+from harness.common.errors import TokbenchError
+from harness.common.toml_files import check_keys, read_toml
+from harness.gate.statistics import METRICS, Thresholds
 
 DEFAULT_FILE = "tokbench-gate.toml"
 _LIMITS = {f.name for f in fields(Thresholds)}

@@ -7,7 +7,7 @@ widest activations, which is what dominates llama.cpp's CPU compute buffer.
 
 from __future__ import annotations
 
-from harness.catalog import ModelSpec
+from harness.models.catalog import ModelSpec
 
 N_UBATCH = 512
 

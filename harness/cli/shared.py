@@ -1,0 +1,138 @@
+"""What the CLI's commands share: the progress bar, the grid options and the suite they build,
+the result store, and reading a run from the store or an exported file."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.execution.lifecycle import Hooks
+from harness.execution.params import PARAMS, parse_list
+from harness.execution.suite import (
+    DEFAULT_REPETITIONS,
+    DEFAULT_TIMEOUT_S,
+    Suite,
+    expand,
+    expand_quants,
+    load_suite,
+)
+from harness.execution.workloads import parse_workload
+from harness.models.sources import DEFAULT_MODEL
+
+
+class ProgressHooks(Hooks):
+    """A rich progress bar: case i/N, the case, elapsed time, trials done."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]case"), MofNCompleteColumn(), BarColumn(),
+            TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+            transient=False,
+        )
+        self.task: Any = None
+        self.label = ""
+
+    def run_started(self, run_id: str, n_cases: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(f"run {run_id}", total=n_cases)
+
+    def case_started(self, index: int, case: Any) -> None:
+        self.label = case.label()
+        self.progress.update(self.task, description=self.label)
+
+    def trial_done(self, index: int, trial: int) -> None:
+        self.progress.update(self.task, description=f"{self.label} · trial {trial + 1}")
+
+    def case_done(self, index: int, status: str, error: str | None) -> None:
+        self.progress.advance(self.task)
+        if status != "ok":
+            self.progress.console.print(f"[red]case {index + 1} failed:[/red] {error}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def store_of(args: argparse.Namespace, create: bool = True) -> Any:
+    from results.store import Store
+
+    return Store(args.store, create=create)
+
+
+def suite_from_args(args: argparse.Namespace) -> Suite:
+    if args.suite:
+        suite = load_suite(args.suite)
+        if args.repetitions is not None:
+            suite.repetitions = args.repetitions
+        if args.timeout is not None:
+            suite.timeout_s = args.timeout
+        suite.isolate = suite.isolate or args.isolate
+        return suite
+    quants = [q for q in args.quants.split(",") if q] if args.quants else None
+    models = expand_quants([m for m in (args.model or DEFAULT_MODEL).split(",") if m], quants,
+                           "--quants")
+    workloads = [parse_workload(w) for w in args.workloads.split(",") if w.strip()]
+    params = {name: parse_list(PARAMS[name], getattr(args, name), f"--{name.replace('_', '-')}")
+              for name in PARAMS if getattr(args, name) is not None}
+    cases = expand(args.backend.split(","), models, workloads, params, "command line")
+    python = {}
+    if args.python:
+        python = {b: args.python for b in {c.backend for c in cases}}
+    return Suite(cases, args.repetitions or DEFAULT_REPETITIONS,
+                 args.timeout or DEFAULT_TIMEOUT_S, not args.no_warmup, args.seed, python,
+                 isolate=args.isolate)
+
+
+def run_with_progress(runner: Any, hooks: ProgressHooks, console: Console,
+                      argv: list[str]) -> Any:
+    """Run with the progress bar; None when interrupted (finished trials stay stored)."""
+    command = "tokbench " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        return runner.run(command)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+        return None
+    finally:
+        hooks.stop()
+
+
+def add_grid_options(parser: argparse.ArgumentParser, repetitions_help: str, timeout_help: str) -> None:
+    """The options that build a suite (`run` and `ab` take the same ones)."""
+    parser.add_argument("suite", nargs="?", help="suite TOML file (instead of the grid options)")
+    parser.add_argument("--backend", default="llama.cpp", help="backend(s), comma-separated")
+    parser.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
+    parser.add_argument("-q", "--quants", help="quants filled into {quant} in the model sources")
+    parser.add_argument("-w", "--workloads", default="pp512,tg128",
+                        help="workloads, comma-separated: ppN, tgN, ppN+tgN, …@dN")
+    for p in PARAMS.values():
+        parser.add_argument(*p.flags, dest=p.name, help=f"{p.help} (comma list → grid)")
+    parser.add_argument("-r", "--repetitions", type=int, help=repetitions_help)
+    parser.add_argument("--timeout", type=float, help=timeout_help)
+    parser.add_argument("--isolate", action="store_true",
+                        help="one worker (and model load) per case, instead of one per model load")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up trial")
+    parser.add_argument("--seed", type=int, default=42, help="seed for the random prompt tokens")
+    parser.add_argument("--python", help="interpreter for backend workers (an engine's own venv)")
+    parser.add_argument("--no-bandwidth", action="store_true", help="skip the memory-bandwidth probe")
+    parser.add_argument("-o", "--output", help="also write the run as JSON to this file")
+
+
+def run_doc(ref: str, store_path: str | None) -> dict[str, Any]:
+    """A run document from an exported JSON file or a run reference in the store."""
+    from results.export import read_document, run_document
+    from results.store import Store
+
+    path = Path(ref)
+    if path.suffix == ".json" or path.is_file():
+        return read_document(path)
+    store = Store(store_path, create=False)
+    try:
+        return run_document(store, store.resolve_run(ref))
+    finally:
+        store.close()
+
+

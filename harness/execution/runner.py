@@ -1,0 +1,197 @@
+"""Runs a suite: a worker per model load serves every case that shares it, each trial stored as
+soon as it arrives.
+
+Cases that share backend, model and every parameter that reloads a model run in one worker,
+which loads the model once (llama-bench's reuse). A case that crashes, hangs past the timeout
+or is killed for memory becomes an error record, and a fresh worker takes the cases left;
+`isolate` gives every case its own worker. The runner never imports an engine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import harness
+from backends.registry import load_class, spec_for
+from harness.execution.engines import probe_engines
+from harness.execution.lifecycle import CaseResult, Hooks, Workers, WorkerSession
+from harness.execution.suite import Case, Suite, load_key
+from harness.hardware import profile as hardware
+from harness.models import sources as models
+from results.store import Store, new_run_id
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  # (index, label, error)
+
+
+def worker_groups(cases: list[Case], isolate: bool) -> list[list[int]]:
+    """Indices of the cases one worker serves: consecutive cases with one load key (the suite
+    keeps those together), or one case each when isolated."""
+    groups: list[list[int]] = []
+    for i, case in enumerate(cases):
+        if groups and not isolate and load_key(cases[groups[-1][-1]]) == load_key(case):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def open_request(case: Case, model: models.ResolvedModel, seed: int, cases: list[Case],
+                 idle: bool) -> dict[str, Any]:
+    """The worker's first request: the model to load, with room for every case it will serve."""
+    return {
+        "op": "open", "backend": spec_for(case.backend), "model_path": str(model.path),
+        "params": case.param_dict, "seed": seed, "idle": idle,
+        "n_ctx": max(c.workload.n_ctx for c in cases),
+        "n_seq": max(int(c.param_dict.get("batch", 1)) for c in cases),
+    }
+
+
+def case_request(case: Case, seed: int, warmup: bool) -> dict[str, Any]:
+    wl = case.workload
+    return {"params": case.param_dict, "n_ctx": wl.n_ctx, "seed": seed, "warmup": warmup,
+            "workload": {"n_prompt": wl.n_prompt, "n_gen": wl.n_gen, "n_depth": wl.n_depth}}
+
+
+class Runner:
+    def __init__(self, store: Store, suite: Suite, hooks: Hooks | None = None,
+                 measure_bandwidth: bool = True) -> None:
+        self.store, self.suite = store, suite
+        self.hooks = hooks or Hooks()
+        self.measure_bandwidth = measure_bandwidth
+        self.workers = Workers(suite.python)
+
+    def run(self, command: str) -> RunOutcome:
+        suite = self.suite
+        resolved = resolve_models(suite.cases)
+        engines = probe_engines(self.workers, dict.fromkeys(c.backend for c in suite.cases))
+        profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=engines)
+        run_id = start_run(self.store, command, profile)
+        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[index],
+                                     suite.repetitions, engines[case.backend])
+                    for index, case in enumerate(suite.cases)]
+        self.hooks.run_started(run_id, len(suite.cases))
+        outcome = RunOutcome(run_id, "complete")
+        try:
+            for group in worker_groups(suite.cases, suite.isolate):
+                self._run_group(group, resolved, case_ids, outcome)
+        except KeyboardInterrupt:
+            outcome.status = "interrupted"
+            self.store.update_run(run_id, status="interrupted", finished_at=time.time())
+            raise
+        finally:
+            self.workers.close()
+        outcome.status = "failed" if outcome.failed else "complete"
+        self.store.update_run(run_id, status=outcome.status, finished_at=time.time())
+        return outcome
+
+    def _run_group(self, group: list[int], resolved: list[models.ResolvedModel], case_ids: list[int],
+                   outcome: RunOutcome) -> None:
+        """Serve a group's cases with as few workers as faults allow: a fresh worker after a case
+        that ended its worker; none after a load failure, which the cases left share."""
+        suite, cases = self.suite, self.suite.cases
+        pending = list(group)
+        while pending:
+            first = pending[0]
+            session = WorkerSession(
+                self.workers, cases[first].backend,
+                open_request(cases[first], resolved[first], suite.seed + first,
+                             [cases[j] for j in pending], idle=False),
+                self.store, self.hooks, suite.timeout_s)
+            try:
+                while pending and not session.dead:
+                    i = pending.pop(0)
+                    self.hooks.case_started(i, cases[i])
+                    result = self._serve(session, i, case_ids[i])
+                    finish_case(outcome, self.hooks, i, cases[i].label(), result)
+                    if result.status != "ok" and session.model is None:  # the model did not load
+                        for j in pending:
+                            skip_case(self.store, self.hooks, outcome, j, cases[j], case_ids[j],
+                                      f"{result.error} (not retried: the same model load failed "
+                                      f"for case {i + 1})")
+                        pending = []
+            finally:
+                session.close()
+
+    def _serve(self, session: WorkerSession, i: int, case_id: int) -> CaseResult:
+        suite = self.suite
+        try:
+            if session.begin(case_id, i, case_request(suite.cases[i], suite.seed + i, suite.warmup),
+                             suite.repetitions):
+                session.block(suite.repetitions)
+        except KeyboardInterrupt:
+            session.end(interrupted=True)
+            raise
+        return session.end()
+
+
+def finish_case(outcome: RunOutcome, hooks: Hooks, index: int, label: str, result: CaseResult) -> None:
+    if result.status not in ("ok", "interrupted"):
+        outcome.failed.append((index, label, result.error or result.status))
+    hooks.case_done(index, result.status, result.error)
+
+
+def skip_case(store: Store, hooks: Hooks, outcome: RunOutcome, index: int, case: Case, case_id: int,
+              error: str) -> None:
+    """A case not run because a load it depends on failed for an earlier case."""
+    hooks.case_started(index, case)
+    store.update_case(case_id, status="error", error=error, finished_at=time.time())
+    finish_case(outcome, hooks, index, case.label(), CaseResult("error", error))
+
+
+def resolve_models(cases: list[Case]) -> list[models.ResolvedModel]:
+    """Each case's model, in the format its backend reads (a GGUF file or an HF directory);
+    each source × format is resolved once."""
+    done: dict[tuple[str, str], models.ResolvedModel] = {}
+    out = []
+    for case in cases:
+        key = (case.model, load_class(spec_for(case.backend)).model_format)
+        if key not in done:
+            done[key] = models.resolve(*key)
+        out.append(done[key])
+    return out
+
+
+def start_run(store: Store, command: str, profile: dict[str, Any]) -> str:
+    """Record a new run (with the runner's pid, so a killed run shows as incomplete)."""
+    run_id = new_run_id()
+    store.add_run(
+        run_id=run_id, started_at=time.time(), status="running", command=command,
+        runner_pid=os.getpid(), host=socket.gethostname(),
+        tokbench_version=harness.__version__, git_commit=_git_commit(),
+        profile=profile, fingerprint=hardware.fingerprint(profile),
+    )
+    return run_id
+
+
+def add_pending_case(store: Store, run_id: str, index: int, case: Case, model: models.ResolvedModel,
+                     repetitions: int, engine: dict[str, Any], **extra: Any) -> int:
+    """Record a case before it runs, so a crash leaves it visible as pending. Its parameters and
+    the backend's defaults are stored whole, so reports never need the backend class."""
+    return store.add_case(
+        run_id=run_id, case_index=index, backend=case.backend, model=case.model,
+        model_path=str(model.path), model_id=model.model_id, quant=model.quant,
+        model_file_bytes=model.file_bytes, workload=case.workload.name,
+        n_prompt=case.workload.n_prompt, n_gen=case.workload.n_gen,
+        n_depth=case.workload.n_depth, params=case.param_dict,
+        param_defaults=load_class(spec_for(case.backend)).defaults,
+        repetitions=repetitions, status="pending", engine=engine, **extra,
+    )
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
