@@ -89,6 +89,19 @@ def test_real_ab_with_two_thread_counts(store_path: Path, tmp_path: Path, tiny_g
 
 
 @pytest.mark.engine
+def test_real_ab_loads_each_arms_model_once(store_path: Path, tiny_gguf: Path) -> None:
+    """Each arm keeps its worker across the cases that share its model load, as `run` does."""
+    rc = main(["--store", str(store_path), "ab", "--a", "threads=1", "--b", "threads=2", "-m", str(tiny_gguf),
+               "-w", "tg4,pp8,tg8", "-r", "6", "--no-bandwidth"])
+    assert rc in (0, 1, 3)
+    store = results.Store(store_path)
+    rows = store.cases(store.resolve_run("last"))
+    assert [(r["arm"], r["status"], r["model_reused"]) for r in rows] == [
+        ("A", "ok", 0), ("B", "ok", 0), ("A", "ok", 1), ("B", "ok", 1), ("A", "ok", 1), ("B", "ok", 1)]
+    assert all(r["load_s"] == 0 for r in rows[2:]) and rows[0]["load_s"] > 0 < rows[1]["load_s"]
+
+
+@pytest.mark.engine
 def test_real_gate_against_a_history_of_runs(store_path: Path, tmp_path: Path, tiny_gguf: Path) -> None:
     """Four real llama.cpp runs of one build: the newest judged against the three before it,
     which measure the run-to-run drift; one earlier run alone can only assume it."""

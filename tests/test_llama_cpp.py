@@ -144,13 +144,19 @@ def test_a_parameter_that_reloads_the_model_starts_a_new_worker(tiny_gguf: Path,
     assert hooks.pids[0] == hooks.pids[1] != hooks.pids[2] == hooks.pids[3]
 
 
-def test_a_model_that_fails_to_load_is_not_retried_for_each_case(tmp_path: Path, store_path: Path) -> None:
-    bogus = tmp_path / "bogus-arch.gguf"
-    writer = gguf.GGUFWriter(str(bogus), "nosucharch")
+@pytest.fixture
+def bogus(tmp_path: Path) -> Path:
+    """A valid GGUF of an architecture llama.cpp does not know: it refuses to load it."""
+    path = tmp_path / "bogus-arch.gguf"
+    writer = gguf.GGUFWriter(str(path), "nosucharch")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_a_model_that_fails_to_load_is_not_retried_for_each_case(bogus: Path, store_path: Path) -> None:
     hooks = _Pids()
     suite = Suite(expand(["llama.cpp"], [str(bogus)], [parse_workload("tg4"), parse_workload("pp8")],
                          {}, "test"), repetitions=1)
@@ -196,14 +202,8 @@ def test_crashed_hung_and_killed_workers_become_error_records(gemma_path: Path, 
     assert per_case == [3, 1, 1, 1, 3]  # the trial finished before each fault is kept
 
 
-def test_engine_that_rejects_the_model_gives_an_error_record(tiny_gguf: Path, tmp_path: Path,
+def test_engine_that_rejects_the_model_gives_an_error_record(tiny_gguf: Path, bogus: Path,
                                                               store_path: Path) -> None:
-    bogus = tmp_path / "bogus-arch.gguf"
-    writer = gguf.GGUFWriter(str(bogus), "nosucharch")
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
     rc = main(["--store", str(store_path), "run", "-m", f"{bogus},{tiny_gguf}", "-w", "tg4",
                "-r", "1", "--no-bandwidth"])
     assert rc == 1

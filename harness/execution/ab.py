@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import shlex
 import shutil
-import time
 from dataclasses import dataclass
 from itertools import cycle, islice
 from pathlib import Path
@@ -27,6 +26,7 @@ from harness.execution.runner import (
     RunOutcome,
     add_pending_case,
     case_request,
+    final_status,
     finish_case,
     open_request,
     resolve_models,
@@ -35,6 +35,7 @@ from harness.execution.runner import (
 )
 from harness.execution.suite import Case, Suite, load_key
 from harness.hardware import profile as hardware
+from harness.models import sources as models
 from results.store import Store
 
 ARM_KEYS = ("python", "model", *PARAMS)
@@ -150,40 +151,35 @@ class ABRunner:
         outcome = RunOutcome(run_id, "complete")
         sessions: dict[str, WorkerSession | None] = {"A": None, "B": None}
         try:
-            for k in range(len(self.pairs)):
-                for j, arm in enumerate("AB"):
-                    index = 2 * k + j
-                    session = sessions[arm]
-                    if session is not None and (session.dead or load_key(cases[index]) != session.key):
-                        session.close()
-                        session = None
-                    if session is None:
-                        group = [cases[i] for i in range(index, len(cases), 2)
-                                 if load_key(cases[i]) == load_key(cases[index])]
-                        session = WorkerSession(self.workers[arm], cases[index].backend, open_request(
-                            cases[index], resolved[index], suite.seed + k, group, idle=True),
-                            self.store, self.hooks, suite.timeout_s)
-                        session.key = load_key(cases[index])
-                    sessions[arm] = session
-                self._run_pair(k, cases[2 * k: 2 * k + 2], case_ids[2 * k: 2 * k + 2],
-                               [sessions["A"], sessions["B"]], outcome)
-                if suite.isolate:
-                    for arm in "AB":
-                        sessions[arm].close()  # type: ignore[union-attr]
-                        sessions[arm] = None
-        except KeyboardInterrupt:
-            outcome.status = "interrupted"
-            self.store.update_run(run_id, status="interrupted", finished_at=time.time())
-            raise
+            with final_status(self.store, outcome):
+                for k in range(len(self.pairs)):
+                    for j, arm in enumerate("AB"):
+                        sessions[arm] = self._session(arm, 2 * k + j, k, cases, resolved, sessions[arm])
+                    self._run_pair(k, cases[2 * k: 2 * k + 2], case_ids[2 * k: 2 * k + 2],
+                                   [sessions["A"], sessions["B"]], outcome)
         finally:
             for session in sessions.values():
                 if session is not None:
                     session.close()
             for workers in self.workers.values():
                 workers.close()
-        outcome.status = "failed" if outcome.failed else "complete"
-        self.store.update_run(run_id, status=outcome.status, finished_at=time.time())
         return outcome
+
+    def _session(self, arm: str, index: int, k: int, cases: list[Case],
+                 resolved: list[models.ResolvedModel], session: WorkerSession | None) -> WorkerSession:
+        """The arm's worker for case `index`: the one it has when it holds this case's model load
+        and is alive (and the suite does not isolate cases), else a fresh one."""
+        key = load_key(cases[index])
+        if session is not None and not session.dead and session.key == key and not self.suite.isolate:
+            return session
+        if session is not None:
+            session.close()
+        group = [cases[i] for i in range(index, len(cases), 2) if load_key(cases[i]) == key]
+        session = WorkerSession(self.workers[arm], cases[index].backend, open_request(
+            cases[index], resolved[index], self.suite.seed + k, group, idle=True),
+            self.store, self.hooks, self.suite.timeout_s)
+        session.key = key
+        return session
 
     def _run_pair(self, k: int, cases: list[Case], case_ids: list[int], sessions: list[Any],
                   outcome: RunOutcome) -> None:

@@ -13,6 +13,8 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,16 +84,11 @@ class Runner:
         self.hooks.run_started(run_id, len(suite.cases))
         outcome = RunOutcome(run_id, "complete")
         try:
-            for group in worker_groups(suite.cases, suite.isolate):
-                self._run_group(group, resolved, case_ids, outcome)
-        except KeyboardInterrupt:
-            outcome.status = "interrupted"
-            self.store.update_run(run_id, status="interrupted", finished_at=time.time())
-            raise
+            with final_status(self.store, outcome):
+                for group in worker_groups(suite.cases, suite.isolate):
+                    self._run_group(group, resolved, case_ids, outcome)
         finally:
             self.workers.close()
-        outcome.status = "failed" if outcome.failed else "complete"
-        self.store.update_run(run_id, status=outcome.status, finished_at=time.time())
         return outcome
 
     def _run_group(self, group: list[int], resolved: list[models.ResolvedModel], case_ids: list[int],
@@ -132,6 +129,19 @@ class Runner:
             session.end(interrupted=True)
             raise
         return session.end()
+
+
+@contextmanager
+def final_status(store: Store, outcome: RunOutcome) -> Iterator[None]:
+    """Record how the run ended: interrupted on Ctrl-C (re-raised), else failed or complete."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        outcome.status = "interrupted"
+        store.update_run(outcome.run_id, status="interrupted", finished_at=time.time())
+        raise
+    outcome.status = "failed" if outcome.failed else "complete"
+    store.update_run(outcome.run_id, status=outcome.status, finished_at=time.time())
 
 
 def finish_case(outcome: RunOutcome, hooks: Hooks, index: int, label: str, result: CaseResult) -> None:
