@@ -28,6 +28,7 @@ from harness.cli.shared import (
     store_of,
     suite_from_args,
 )
+from harness.common import cache
 from harness.common.errors import TokbenchError
 from harness.execution.engines import probe_engines
 from harness.execution.lifecycle import Workers
@@ -110,6 +111,8 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
             value = json.dumps(value) if value else "–"
         table.add_row(f"[bold]{key}[/bold]\n[dim]{doc}[/dim]", str(value if value is not None else "–"))
     console.print(table)
+    console.print(f"[dim]kept for this boot in {cache.root()}: engine probes, CPU identification, "
+                  "memory bandwidth; TOKBENCH_NO_CACHE=1 measures them afresh[/dim]")
     return EXIT_OK
 
 
