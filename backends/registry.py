@@ -7,6 +7,7 @@ Resolving a name imports the adapter module, never its engine.
 from __future__ import annotations
 
 import importlib
+from functools import lru_cache
 from importlib.metadata import entry_points
 
 from backends.base import Backend, BackendError
@@ -15,8 +16,10 @@ ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": "llam
            "mlx-lm": "mlx", "mlx_lm": "mlx", "hf": "transformers"}
 
 
+@lru_cache(maxsize=1)
 def available() -> dict[str, str]:
-    """Backend name → "module:Class" for every backend installed in this environment."""
+    """Backend name → "module:Class" for every backend installed in this environment (scanning
+    the installed distributions takes a tenth of a second: once per process)."""
     return {ep.name: ep.value for ep in entry_points(group="tokbench.backends")}
 
 

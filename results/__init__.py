@@ -8,18 +8,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from results.frames import cases_frame, trials_frame
 from results.schema import SCHEMA_VERSION
 from results.store import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["SCHEMA_VERSION", "Store", "load"]
 
 
 def load(run: str = "last", level: str = "cases", store: str | Path | None = None) -> pd.DataFrame:
     """A stored run as a DataFrame: level "cases" (statistics per case × phase) or "trials"."""
+    from results.frames import cases_frame, trials_frame  # pandas: only for readers
+
     if level not in ("cases", "trials"):
         raise ValueError(f"level must be 'cases' or 'trials', not {level!r}")
     db = Store(store, create=False)

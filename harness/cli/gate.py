@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,7 +18,9 @@ from harness.cli.shared import ProgressHooks, add_grid_options, run_doc, run_wit
 from harness.common.errors import TokbenchError
 from harness.common.toml_files import read_toml
 from harness.gate.config import DEFAULT_FILE, load_gate_config
-from harness.gate.matching import GateReport, compare_arms, compare_runs
+
+if TYPE_CHECKING:
+    from harness.gate.matching import GateReport
 
 AB_REPETITIONS = 10
 EXIT_INTERRUPTED = 130
@@ -62,6 +64,8 @@ def _emit(report: GateReport, args: argparse.Namespace, console: Console) -> int
 
 
 def cmd_gate(args: argparse.Namespace, console: Console) -> int:
+    from harness.gate.matching import compare_arms, compare_runs
+
     config = load_gate_config(args.config)
     current = run_doc(args.current, args.store)
     if args.baseline is None:
@@ -81,6 +85,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_ab(args: argparse.Namespace, console: Console) -> int:
     from harness.execution.ab import ABRunner, parse_arm
+    from harness.gate.matching import compare_arms
     from results.export import run_document, write_json
     from results.store import Store
 

@@ -43,10 +43,6 @@ EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from reports.tables import summary_table, to_rich
-    from results.export import write_json
-    from results.frames import cases_frame
-
     if args.repetitions is not None and args.repetitions < 1:
         raise TokbenchError(f"-r/--repetitions must be ≥ 1 (got {args.repetitions})")
     if args.timeout is not None and args.timeout <= 0:
@@ -58,6 +54,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
                                 hooks, console, args.argv)
     if outcome is None:
         return EXIT_INTERRUPTED
+    from reports.tables import summary_table, to_rich  # pandas: imported while the model loaded
+    from results.export import write_json
+    from results.frames import cases_frame
+
     table = summary_table(cases_frame(store, outcome.run_id))
     console.print(to_rich(table, title=f"run {outcome.run_id}"))
     console.print(f"stored in {store.path}")

@@ -13,16 +13,16 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from harness.common.errors import TokbenchError
-from harness.models import synthetic
-from harness.models.architectures import parameter_counts
 from harness.models.catalog import CATALOG, TINY, ModelSpec, lookup
-from harness.models.memory_estimate import ram_needed
-from harness.models.quant_mix import FILE_TYPES
 
 LIST_QUANTS = ("F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
 
 
 def catalog_rows(n_ctx: int = 4096) -> list[dict[str, Any]]:
+    from harness.models import synthetic
+    from harness.models.architectures import parameter_counts
+    from harness.models.memory_estimate import ram_needed
+
     """One record per entry: config, parameter counts, predicted size and RAM per quant."""
     rows = []
     for spec in [*CATALOG.values(), *TINY.values()]:
@@ -79,6 +79,8 @@ def _progress_bar() -> Progress:
 
 
 def cmd_synth(args: argparse.Namespace, console: Console) -> int:
+    from harness.models import synthetic
+
     spec = lookup(args.name)
     quant = (args.quant or ("F16" if args.format == "hf" else "Q4_K_M")).upper()
     start = time.perf_counter()
@@ -113,6 +115,7 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_clone(args: argparse.Namespace, console: Console) -> int:
+    from harness.models import synthetic
     from harness.models.sources import resolve
 
     source = resolve(args.source).path
@@ -146,7 +149,8 @@ def add_parser(sub: Any) -> None:
     synth = msub.add_parser("synth", help="generate a synthetic GGUF (cached)")
     synth.add_argument("name", help="catalog entry, e.g. lfm2-24b-a2b")
     synth.add_argument("-q", "--quant",
-                       help=f"file type (default Q4_K_M; F16 for --format hf): {', '.join(FILE_TYPES)}")
+                       help="llama.cpp file type, e.g. Q4_0, Q8_0, F16 (default Q4_K_M; F16 for --format hf; "
+                            "an unknown one is refused with the full list)")
     synth.add_argument("-o", "--out", help="write here instead of the cache")
     synth.add_argument("--format", choices=("gguf", "hf"), default="gguf",
                        help="gguf (llama.cpp) or hf: a Hugging Face directory, F16 (vLLM, MLX)")

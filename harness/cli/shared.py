@@ -37,6 +37,11 @@ class ProgressHooks(Hooks):
         self.task: Any = None
         self.label = ""
 
+    def worker_started(self, index: int, pid: int) -> None:
+        """While the first worker loads its model the harness only waits: import what the
+        results table needs now (pandas, half a second) rather than after the last trial."""
+        import reports.tables  # noqa: F401
+
     def run_started(self, run_id: str, n_cases: int) -> None:
         self.progress.start()
         self.task = self.progress.add_task(f"run {run_id}", total=n_cases)

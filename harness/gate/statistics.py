@@ -36,7 +36,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import stats as sps
 
 REGRESSION, IMPROVED, PASS, INCONCLUSIVE = "REGRESSION", "IMPROVED", "PASS", "INCONCLUSIVE"
 # No statistics: a failed case; a case with no baseline case; runs whose fingerprints differ.
@@ -112,6 +111,8 @@ class Drift:
 
     def half_width(self, confidence: float) -> float:
         """Log-space half-width of a prediction interval for one new run's median."""
+        from scipy import stats as sps  # scipy loads in about a second: only when judging
+
         tail = (1 + confidence) / 2
         q = sps.t.ppf(tail, self.runs - 1) if self.measured else sps.norm.ppf(tail)
         return float(q * self.cv * math.sqrt(1 + 1 / self.runs))
@@ -158,6 +159,8 @@ def robust_cv(values: Sequence[float]) -> float:
     if x.size < 2:
         return math.nan
     median = float(np.median(x))
+    from scipy import stats as sps
+
     return float(sps.median_abs_deviation(x, scale="normal")) / median if median else math.nan
 
 
@@ -175,6 +178,8 @@ def _interval(base: np.ndarray, cur: np.ndarray, higher_is_better: bool, confide
     if np.ptp(base) == 0 and np.ptp(cur) == 0:
         ratio = float(_speed_ratio(higher_is_better)(base, cur))
         return ratio, ratio
+    from scipy import stats as sps
+
     res = sps.bootstrap(
         (base, cur), _speed_ratio(higher_is_better), paired=paired, vectorized=True,
         confidence_level=confidence, n_resamples=N_RESAMPLES, method="percentile",
@@ -197,6 +202,8 @@ def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thr
 
     `paired`: baseline[i] and current[i] ran side by side (equal lengths required). `drift`: the
     baseline ran in other jobs; its run-to-run drift widens the interval and raises the floor."""
+    from scipy import stats as sps
+
     th = thresholds or Thresholds()
     base = np.asarray(baseline, dtype=float)
     cur = np.asarray(current, dtype=float)
