@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 from functools import lru_cache
-from importlib.metadata import entry_points
 
 from backends.base import Backend, BackendError
 
@@ -20,6 +19,8 @@ ALIASES = {"llama_cpp": "llama.cpp", "llamacpp": "llama.cpp", "llama-cpp": "llam
 def available() -> dict[str, str]:
     """Backend name → "module:Class" for every backend installed in this environment (scanning
     the installed distributions takes a tenth of a second: once per process)."""
+    from importlib.metadata import entry_points  # not needed by workers, which get module:Class
+
     return {ep.name: ep.value for ep in entry_points(group="tokbench.backends")}
 
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from harness.cli.shared import ProgressHooks, add_grid_options, run_doc, run_with_progress, suite_from_args
 from harness.common.errors import TokbenchError
 from harness.common.toml_files import read_toml
-from harness.gate.config import DEFAULT_FILE, load_gate_config
+from harness.gate import DEFAULT_FILE
 
 if TYPE_CHECKING:
     from harness.gate.matching import GateReport
@@ -64,6 +64,7 @@ def _emit(report: GateReport, args: argparse.Namespace, console: Console) -> int
 
 
 def cmd_gate(args: argparse.Namespace, console: Console) -> int:
+    from harness.gate.config import load_gate_config
     from harness.gate.matching import compare_arms, compare_runs
 
     config = load_gate_config(args.config)
@@ -85,6 +86,7 @@ def cmd_gate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_ab(args: argparse.Namespace, console: Console) -> int:
     from harness.execution.ab import ABRunner, parse_arm
+    from harness.gate.config import load_gate_config
     from harness.gate.matching import compare_arms
     from results.export import run_document, write_json
     from results.store import Store

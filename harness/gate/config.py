@@ -16,9 +16,9 @@ from typing import Any
 
 from harness.common.errors import TokbenchError
 from harness.common.toml_files import check_keys, read_toml
+from harness.gate import DEFAULT_FILE
 from harness.gate.statistics import METRICS, Thresholds
 
-DEFAULT_FILE = "tokbench-gate.toml"
 _LIMITS = {f.name for f in fields(Thresholds)}
 _PERCENT_LIMITS = {"fail", "warn", "max_cv", "run_to_run_cv"}
 _TOP_KEYS = _LIMITS | {"override", "accepted"}

@@ -8,14 +8,14 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
-
 
 def measure_bandwidth(threads: int, mib_per_thread: int = 128, seconds: float = 1.0) -> dict:
     """Copy bandwidth in GB/s (bytes read + written, 10⁹), best of repeated passes.
 
     Buffers are several times larger than any last-level cache, so this measures DRAM.
     """
+    import numpy as np  # a tenth of a second, paid only when the probe is not cached
+
     n = mib_per_thread * 1024 * 1024 // 8
     srcs = [np.ones(n) for _ in range(threads)]
     dsts = [np.zeros(n) for _ in range(threads)]
