@@ -1,7 +1,5 @@
 """`python -m harness.cli`: the tokbench command."""
 
-import sys
+from harness.cli.main import entry
 
-from harness.cli.main import main
-
-sys.exit(main())
+entry()
