@@ -175,11 +175,9 @@ class ABRunner:
         if session is not None:
             session.close()
         group = [cases[i] for i in range(index, len(cases), 2) if load_key(cases[i]) == key]
-        session = WorkerSession(self.workers[arm], cases[index].backend, open_request(
+        return WorkerSession(self.workers[arm], cases[index].backend, open_request(
             cases[index], resolved[index], self.suite.seed + k, group, idle=True),
-            self.store, self.hooks, self.suite.timeout_s)
-        session.key = key
-        return session
+            self.store, self.hooks, self.suite.timeout_s, key=key)
 
     def _run_pair(self, k: int, cases: list[Case], case_ids: list[int], sessions: list[Any],
                   outcome: RunOutcome) -> None:

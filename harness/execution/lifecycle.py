@@ -162,7 +162,7 @@ class WorkerSession:
     case after case, then close. Every message is recorded in the store as it arrives."""
 
     def __init__(self, workers: Workers, backend: str, open_request: dict[str, Any], store: Store,
-                 hooks: Hooks, timeout_s: float) -> None:
+                 hooks: Hooks, timeout_s: float, key: Any = None) -> None:
         self.workers, self.backend, self.open_request = workers, backend, open_request
         self.store, self.hooks, self.timeout_s = store, hooks, timeout_s
         self.proc: subprocess.Popen | None = None
@@ -170,7 +170,7 @@ class WorkerSession:
         self.dead = False  # a case failed: the worker is gone and serves nothing more
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives until close()
         self._case: _Serving | None = None
-        self.key: Any = None  # the load key it serves (A/B runs match pairs to it)
+        self.key = key  # the load key it serves (A/B runs match pairs to it)
 
     # -- one case ------------------------------------------------------------------------------
     def begin(self, case_id: int, index: int, case_request: dict[str, Any], repetitions: int) -> bool:
