@@ -24,6 +24,10 @@ class ModelLoadError(Exception):
     """The engine refused the model (corrupt, unsupported architecture, out of memory)."""
 
 
+class ServerFailed(Exception):
+    """A server died or failed a whole serving trial; what it measured was sent first."""
+
+
 @dataclass
 class PhaseSample:
     """One timed phase of one trial: tokens processed and how long it took.
@@ -53,8 +57,14 @@ class Backend:
     install_hint: ClassVar[str]
     #: Defaults of the parameters this backend accepts (names from harness.execution.params.PARAMS).
     defaults: ClassVar[dict[str, Any]]
-    #: What a model source must resolve to: "gguf" (a file) or "hf" (a Hugging Face directory).
+    #: What a model source must resolve to: "gguf" (a file), "hf" (a Hugging Face directory) or
+    #: "remote" (a name the server knows; nothing is resolved here).
     model_format: ClassVar[str] = "gguf"
+    #: True for a backend that speaks HTTP to a server: it runs serving workloads (c16:in512:out128)
+    #: through serve_warmup/serve_trial instead of token workloads through run_trial.
+    serving: ClassVar[bool] = False
+    #: Parameters that must be given (no usable default), e.g. a server's URL.
+    required: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def probe(cls) -> dict[str, Any]:
@@ -90,6 +100,16 @@ class Backend:
         together: pp prefills B prompts of n_prompt tokens, tg decodes n_gen steps of B tokens.
         n_tokens counts all sequences (so tokens/s is the aggregate); token_ns marks each step.
         """
+        raise NotImplementedError
+
+    def serve_warmup(self, load: dict[str, Any], seed: int) -> None:
+        """Serving backends: send the load's warm-up requests (not recorded)."""
+        raise NotImplementedError
+
+    def serve_trial(self, load: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Serving backends: one pass of the load. Returns {"samples": [PhaseSample dicts],
+        "requests": [records], "client": {…}, "notes": [...], "fatal": message or None}; a fatal
+        message (the server died) ends the case after what was measured is stored."""
         raise NotImplementedError
 
     def idle(self) -> None:

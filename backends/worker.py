@@ -9,7 +9,9 @@ package and the engine; it needs nothing but `backends/`. The first stdin line i
   - `{"op": "case", "params", "n_ctx", "seed", "workload", "warmup"}` → prepare and warm up →
     `ready`;
   - `{"op": "trials", "n"}` → N trials, each sent as `trial` {index, started_at, samples} →
-    `block_done` {trials};
+    `block_done` {trials}; a serving workload (`workload.serving`, a load against a server)
+    runs through the backend's serve_warmup/serve_trial, and its trials also carry `requests`
+    (one record per request), `client` (the client's own CPU use) and `notes`;
   - `{"op": "end_case"}` → `case_done` {memory}.
 
 Any failure sends `error` {kind, message, traceback} and exits non-zero: the runner records it
@@ -30,7 +32,7 @@ import time
 import traceback
 from typing import IO, Any
 
-from backends.base import Backend, BackendError, EngineMissing, ModelLoadError
+from backends.base import Backend, BackendError, EngineMissing, ModelLoadError, ServerFailed
 from backends.registry import load_class
 
 
@@ -73,16 +75,18 @@ def _serve(request: dict[str, Any], send: Any) -> None:
     idle = bool(request.get("idle"))
     try:
         send("loaded", model=backend.load(request["n_ctx"], request["n_seq"]))
-        workload: dict[str, int] = {}
-        index, scope = 0, "process"
+        workload: dict[str, Any] = {}
+        index, seed, scope = 0, 0, "process"
         for line in sys.stdin:
             command = json.loads(line)
             op = command["op"]
             if op == "case":
-                workload, index = command["workload"], 0
+                workload, index, seed = command["workload"], 0, int(command["seed"])
                 scope = _reset_peak_rss()
                 backend.prepare(command["params"], command["n_ctx"], command["seed"])
-                if command.get("warmup", True):
+                if command.get("warmup", True) and "serving" in workload:
+                    backend.serve_warmup(workload["serving"], command["seed"])
+                elif command.get("warmup", True):
                     backend.warmup(workload["n_prompt"], workload["n_gen"])
                 if idle:
                     backend.idle()
@@ -90,6 +94,14 @@ def _serve(request: dict[str, Any], send: Any) -> None:
             elif op == "trials":
                 for _ in range(int(command["n"])):
                     started = time.time()
+                    if "serving" in workload:
+                        result = backend.serve_trial(workload["serving"], seed + index)
+                        fatal = result.pop("fatal", None)
+                        send("trial", index=index, started_at=started, **result)
+                        index += 1
+                        if fatal:
+                            raise ServerFailed(fatal)
+                        continue
                     samples = backend.run_trial(workload["n_prompt"], workload["n_gen"],
                                                 workload["n_depth"])
                     send("trial", index=index, started_at=started,
@@ -126,6 +138,9 @@ def main() -> int:
     except (ModelLoadError, BackendError) as exc:
         send("error", kind="load", message=str(exc))
         return 4
+    except ServerFailed as exc:
+        send("error", kind="server", message=str(exc))
+        return 6
     except MemoryError:
         send("error", kind="oom", message="out of memory in the worker (MemoryError)")
         return 5

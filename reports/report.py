@@ -93,6 +93,33 @@ def _measured_section(runs: list[cmp.RunData]) -> Section:
                    "`batch` > 1: tok/s is the aggregate over all sequences.", table, data, RIGHT_ALIGNED)
 
 
+def _serving_section(store: Store, runs: list[cmp.RunData]) -> list[Section]:
+    """Serving cases: latencies, throughput and goodput (none when no run has serving cases)."""
+    from reports.tables import SERVING_RIGHT, serving_notes, serving_table
+    from results.frames import serving_frame
+
+    frames, tables, notes = [], [], []
+    for rd in runs:
+        frame = serving_frame(store, rd.run_id)
+        if frame.empty:
+            continue
+        table = serving_table(frame)
+        if len(runs) > 1:
+            table.insert(0, "run", rd.run_id)
+        frames.append(frame)
+        tables.append(table)
+        notes += serving_notes(frame)
+    if not frames:
+        return []
+    intro = ("Serving cases, as `vllm bench serve` defines the metrics: TTFT to the first chunk with "
+             "generated text, TPOT = (E2EL − TTFT) ÷ (output tokens − 1), ITL = gaps between "
+             "chunks, all in ms; p50 with its distribution-free 95% interval (– where the sample "
+             "is too small to bound it); goodput = requests meeting every SLO. " + " ".join(notes))
+    data = pd.concat(frames, ignore_index=True).drop(columns=["defaults", "notes", "client"],
+                                                      errors="ignore")
+    return [Section("serving", "Serving", intro, pd.concat(tables, ignore_index=True), data, SERVING_RIGHT)]
+
+
 def _measured_roofline_section(measured: pd.DataFrame) -> Section:
     if measured.empty:
         return Section("measured_roofline", "Roofline of the measured decode", "No decode cases.",
@@ -210,7 +237,7 @@ def build_report(store: Store, refs: list[str], against: str | None = None) -> R
     if resident:
         warnings.append(f"{resident} decode case(s) have weights that fit in the L3 cache: their "
                         "fraction of the DRAM-bandwidth ceiling can exceed 100% and says little")
-    sections = [_measured_section(runs), _measured_roofline_section(measured)]
+    sections = [_measured_section(runs), *_serving_section(store, runs), _measured_roofline_section(measured)]
     empty = pd.DataFrame(columns=["device", "device_key", "model", "engine", "metric", "batch", "claimed_low",
                                   "claimed_high", "ceiling_tps", "quant", "fraction_low", "fraction_high"])
     published, curves = empty, {}

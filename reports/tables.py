@@ -122,8 +122,72 @@ def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = RIGHT_ALIGNED) -> 
 def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
     rich_table = Table(title=title, show_lines=False)
     for col in table.columns:
-        rich_table.add_column(col, justify="right" if col in RIGHT_ALIGNED else "left",
+        right = col in RIGHT_ALIGNED or col in SERVING_RIGHT
+        rich_table.add_column(col, justify="right" if right else "left",
                               overflow="fold")
     for row in _cells(table).itertuples(index=False):
         rich_table.add_row(*row)
     return rich_table
+
+
+# -- serving ---------------------------------------------------------------------------------------
+SERVING_RIGHT = ("requests", "errors", "req/s", "out tok/s", "TTFT p50 [95% CI]", "TTFT p99",
+                 "TPOT p50 [95% CI]", "TPOT p99", "ITL p50", "E2EL p50", "goodput")
+
+
+def _ms(value: float, low: float | None = None, high: float | None = None) -> str:
+    """A latency in ms; with its interval when one was computed (– for a bound the sample
+    cannot give: too few requests for that percentile)."""
+    if value is None or pd.isna(value):
+        return "–"
+    if low is None:
+        return f"{value:.1f}"
+    show = [("–" if b is None or pd.isna(b) else f"{b:.1f}") for b in (low, high)]
+    return f"{value:.1f} [{show[0]}, {show[1]}]"
+
+
+def serving_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Display rows from results.frames.serving_frame (one per serving case): latencies in ms."""
+    if frame.empty:
+        return pd.DataFrame()
+
+    def col(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series([None] * len(frame), index=frame.index)
+
+    out = pd.DataFrame({"backend": frame["backend"],
+                        "model": frame["model"].map(lambda m: str(m).rsplit("/", 1)[-1])})
+    for name in _shown_params(frame):
+        out[name] = frame[f"param_{name}"]
+    out["workload"] = frame["workload"]
+    out["requests"] = [f"{int(c)}/{int(n)}"
+                       for c, n in zip(frame["completed"], frame["requests"], strict=True)]
+    out["errors"] = [f"{e:.1%}" if not pd.isna(e) else "–" for e in frame["error_rate"]]
+    out["req/s"] = [f"{v:.2f}" for v in frame["request_rate"]]
+    out["out tok/s"] = [f"{v:.1f}" for v in frame["output_tps"]]
+    for metric, title in (("ttft", "TTFT"), ("tpot", "TPOT")):
+        out[f"{title} p50 [95% CI]"] = [_ms(m, lo, hi) for m, lo, hi in
+                                       zip(col(f"{metric}_p50"), col(f"{metric}_p50_low"),
+                                           col(f"{metric}_p50_high"), strict=True)]
+        out[f"{title} p99"] = col(f"{metric}_p99").map(_ms)
+    out["ITL p50"] = col("itl_p50").map(_ms)
+    out["E2EL p50"] = col("e2el_p50").map(_ms)
+    if "goodput_share" in frame and frame["goodput_share"].notna().any():
+        out["goodput"] = [f"{s:.0%} ({r:.2f} req/s)" if not pd.isna(s) else "–"
+                          for s, r in zip(frame["goodput_share"], frame["goodput_rate"], strict=True)]
+    if (frame["status"] != "ok").any():
+        out["status"] = [s if s == "ok" or not isinstance(e, str) else f"{s}: {e}"
+                         for s, e in zip(frame["status"], frame["error"], strict=True)]
+    return out
+
+
+def serving_notes(frame: pd.DataFrame) -> list[str]:
+    """Each serving case's warnings, one line each, and how its tokens were counted."""
+    lines = []
+    for i, row in enumerate(frame.itertuples(index=False), start=1):
+        for note in row.notes or []:
+            lines.append(f"{row.workload} ({row.backend}): {note}")
+        slo = getattr(row, "goodput_slo", None)
+        if i == 1 and isinstance(slo, dict) and slo:
+            lines.append("goodput: requests meeting every SLO (" +
+                         ", ".join(f"{k} ≤ {v:g} ms" for k, v in slo.items()) + ")")
+    return lines

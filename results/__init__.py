@@ -3,6 +3,8 @@
 >>> import results
 >>> cases = results.load()                  # last run, one row per case × phase
 >>> trials = results.load(level="trials")   # raw per-trial samples
+>>> serving = results.load(level="serving")  # serving cases: TTFT/TPOT/ITL/E2EL percentiles, goodput
+>>> reqs = results.load(level="requests")    # one row per request of a serving case
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ if TYPE_CHECKING:
 __all__ = ["SCHEMA_VERSION", "Store", "load"]
 
 
-def load(run: str = "last", level: str = "cases", store: str | Path | None = None) -> pd.DataFrame:
-    """A stored run as a DataFrame: level "cases" (statistics per case × phase) or "trials"."""
-    from results.frames import cases_frame, trials_frame  # pandas: only for readers
+LEVELS = ("cases", "trials", "serving", "requests")
 
-    if level not in ("cases", "trials"):
-        raise ValueError(f"level must be 'cases' or 'trials', not {level!r}")
+
+def load(run: str = "last", level: str = "cases", store: str | Path | None = None) -> pd.DataFrame:
+    """A stored run as a DataFrame: level "cases" (statistics per case × phase), "trials" (raw
+    samples), "serving" (one row per serving case) or "requests" (one row per request)."""
+    from results import frames  # pandas: only for readers
+
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(LEVELS)}, not {level!r}")
     db = Store(store, create=False)
     try:
         run_id = db.resolve_run(run)
-        return cases_frame(db, run_id) if level == "cases" else trials_frame(db, run_id)
+        return getattr(frames, f"{level}_frame")(db, run_id)
     finally:
         db.close()

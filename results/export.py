@@ -14,23 +14,31 @@ from typing import Any
 
 from harness.common.errors import TokbenchError
 from results.frames import cases_frame
-from results.schema import CASE_FIELDS, RUN_FIELDS, SCHEMA_VERSION, TRIAL_FIELDS, names
+from results.schema import CASE_FIELDS, REQUEST_FIELDS, RUN_FIELDS, SCHEMA_VERSION, TRIAL_FIELDS, names
 from results.store import Store
 
 FORMAT = "tokbench-run"
 
 
 def run_document(store: Store, run_id: str) -> dict[str, Any]:
-    """The whole run: run fields, and each case with its raw trial samples."""
+    """The whole run: run fields, and each case with its raw trial samples and, for a serving
+    case, its request records."""
     trials_by_case: dict[int, list[dict[str, Any]]] = {}
     for t in store.trials(run_id):
         trials_by_case.setdefault(t["case_id"], []).append(
             {k: t[k] for k in names(TRIAL_FIELDS) if k != "case_id"}
         )
+    requests_by_case: dict[int, list[dict[str, Any]]] = {}
+    for r in store.requests(run_id):
+        requests_by_case.setdefault(r["case_id"], []).append(
+            {k: r[k] for k in names(REQUEST_FIELDS) if k != "case_id"}
+        )
     cases = []
     for case in store.cases(run_id):
         row = {k: case[k] for k in names(CASE_FIELDS) if k not in ("case_id", "run_id")}
         row["trials"] = trials_by_case.get(case["case_id"], [])
+        if case["case_id"] in requests_by_case:
+            row["requests"] = requests_by_case[case["case_id"]]
         cases.append(row)
     run = store.run(run_id)
     return {
@@ -98,7 +106,10 @@ def import_document(store: Store, path: str | Path) -> str:
         store.add_run(**run)
         for case in doc["cases"]:
             trials = case.pop("trials")
+            requests = case.pop("requests", [])
             case_id = store.add_case(run_id=run["run_id"], **case)
             for t in trials:
                 store.add_trial(case_id, t["trial"], [t], t.get("started_at"))
+            for trial in sorted({r["trial"] for r in requests}):
+                store.add_trial(case_id, trial, [], requests=[r for r in requests if r["trial"] == trial])
     return run["run_id"]

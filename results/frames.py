@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from harness.common import serving
 from harness.common.stats import rates, summarize
-from results.schema import CASE_FIELDS, STAT_FIELDS, TRIAL_FIELDS, names
+from results.schema import CASE_FIELDS, REQUEST_FIELDS, STAT_FIELDS, TRIAL_FIELDS, names
 from results.store import Store
 
-_CASE_COLUMNS = [n for n in names(CASE_FIELDS) if n not in ("params", "param_defaults", "engine", "memory")]
+_CASE_COLUMNS = [n for n in names(CASE_FIELDS)
+                 if n not in ("params", "param_defaults", "engine", "memory", "load", "client", "notes")]
+#: The phase a serving trial stores: output tokens over the trial's wall time.
+SERVING_PHASE = "out"
 
 
 def trials_frame(store: Store, run_id: str) -> pd.DataFrame:
@@ -41,14 +45,17 @@ def cases_frame(store: Store, run_id: str) -> pd.DataFrame:
         base.update({f"param_{k}": v for k, v in (case["params"] or {}).items()})
         base["defaults"] = case.get("param_defaults") or {}
         mine = trials[trials["case_id"] == case["case_id"]]
-        phases = [p for p, n in (("pp", case["n_prompt"]), ("tg", case["n_gen"])) if n]
+        if case.get("load"):
+            phases = [SERVING_PHASE]
+        else:
+            phases = [p for p, n in (("pp", case["n_prompt"]), ("tg", case["n_gen"])) if n]
         for phase in phases:
             sub = mine[mine["phase"] == phase]
             s = summarize(rates(sub["n_tokens"].tolist(), sub["duration_ns"].tolist()))
+            test = case["workload"] if phase == SERVING_PHASE else phase_test_name(
+                case["workload"], phase, case["n_prompt"], case["n_gen"], case["n_depth"])
             rows.append({
-                **base, "phase": phase,
-                "test": phase_test_name(case["workload"], phase, case["n_prompt"], case["n_gen"],
-                                        case["n_depth"]),
+                **base, "phase": phase, "test": test,
                 **{f"tps_{k}" if k != "n" else "n_trials": v for k, v in s.as_dict().items()},
             })
     columns = _CASE_COLUMNS + names(STAT_FIELDS)
@@ -57,3 +64,44 @@ def cases_frame(store: Store, run_id: str) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     params = [c for c in df.columns if c.startswith("param_")]
     return df[columns + params + ["defaults"]]
+
+
+def requests_frame(store: Store, run_id: str) -> pd.DataFrame:
+    """One row per request of the run's serving cases, with TTFT, TPOT and E2EL in ms."""
+    rows = store.requests(run_id)
+    df = pd.DataFrame(rows, columns=names(REQUEST_FIELDS))
+    df.insert(0, "run_id", run_id)
+    lat = [serving.request_latencies(r) for r in rows]
+    for key in ("ttft", "tpot", "e2el"):
+        df[f"{key}_ms"] = [x[key] for x in lat]
+    return df
+
+
+def serving_frame(store: Store, run_id: str, slo: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per serving case: counts, rates, and each latency's mean and percentiles with
+    intervals (columns like ttft_p99, ttft_p99_low); goodput under `slo`, else under the SLOs the
+    run was given."""
+    requests = store.requests(run_id)
+    trials = trials_frame(store, run_id)
+    rows = []
+    for case in store.cases(run_id):
+        if not case.get("load"):
+            continue
+        mine = [r for r in requests if r["case_id"] == case["case_id"]]
+        wall = trials[(trials["case_id"] == case["case_id"]) & (trials["phase"] == SERVING_PHASE)]
+        summary = serving.summarize(mine, float(wall["duration_ns"].sum()) / 1e9,
+                                    slo or case["load"].get("slo"))
+        row = {k: case[k] for k in _CASE_COLUMNS}
+        row.update({f"param_{k}": v for k, v in (case["params"] or {}).items()})
+        row["defaults"] = case.get("param_defaults") or {}
+        row["notes"] = case.get("notes") or []
+        row["client"] = case.get("client") or {}
+        for key, value in summary.items():
+            if key in serving.LATENCIES:
+                row.update({f"{key}_{k}": v for k, v in value.items()})
+            elif key == "goodput":
+                row.update({f"goodput_{k}": v for k, v in value.items()})
+            else:
+                row[key] = value
+        rows.append(row)
+    return pd.DataFrame(rows)

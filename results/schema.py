@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 3  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused
+SCHEMA_VERSION = 4  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
+# v4: serving cases (cases.load, cases.client, cases.notes, the requests table)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ CASE_FIELDS = (
     Field("finished_at", "REAL", "UNIX time the case ended"),
     Field("arm", "TEXT", "A or B in a `tokbench ab` run (NULL otherwise); the i-th A case pairs "
                          "with the i-th B case"),
+    Field("load", "TEXT", "serving cases: the load (concurrency or rate, arrivals, lengths, count or "
+                          "duration, warm-up, endpoint) and the SLOs given (JSON); NULL for token workloads"),
+    Field("client", "TEXT", "serving cases: the load client's own CPU use per trial and whether it, "
+                            "not the server, was the bottleneck (JSON)"),
+    Field("notes", "TEXT", "warnings about the case's figures (short outputs, prompt lengths off, "
+                           "client-bound, tokens counted by tokenizer…) (JSON list)"),
 )
 
 TRIAL_FIELDS = (
@@ -77,6 +84,31 @@ TRIAL_FIELDS = (
     Field("duration_ns", "INTEGER NOT NULL", "phase duration, monotonic clock, nanoseconds"),
     Field("token_ns", "TEXT", "decode: JSON list of each token's end time from phase start (ns)"),
     Field("started_at", "REAL", "UNIX time the trial started"),
+)
+
+#: One row per request of a serving trial: what `vllm bench serve --save-detailed` keeps, and
+#: every content chunk's arrival, so every serving metric is recomputed from the store.
+REQUEST_FIELDS = (
+    Field("case_id", "INTEGER NOT NULL REFERENCES cases(case_id)", "case the request belongs to"),
+    Field("trial", "INTEGER NOT NULL", "trial (one pass of the load) the request belongs to"),
+    Field("request", "INTEGER NOT NULL", "request index within the trial, in sending order"),
+    Field("request_id", "TEXT", "the X-Request-Id header sent (a UUID), which servers such as vLLM "
+                                "log, so a record joins the server's own log"),
+    Field("started_at", "REAL", "UNIX time the request was sent"),
+    Field("start_ns", "INTEGER", "send time from the trial's start, monotonic ns"),
+    Field("status", "TEXT NOT NULL", "ok | error | cancelled (in flight when a timed load ended)"),
+    Field("error", "TEXT", "one-line error of a failed request (HTTP status and body, or the "
+                           "connection error)"),
+    Field("ttft_ns", "INTEGER", "send → first chunk carrying generated content, ns"),
+    Field("e2el_ns", "INTEGER", "send → last content chunk, ns"),
+    Field("chunk_ns", "TEXT", "arrival of every content chunk from the send, ns (JSON list)"),
+    Field("prompt_tokens", "INTEGER", "prompt tokens, from the server's usage or the tokenizer"),
+    Field("prompt_expected", "INTEGER", "prompt tokens the workload asked for"),
+    Field("output_tokens", "INTEGER", "output tokens, from the server's usage or the tokenizer"),
+    Field("output_expected", "INTEGER", "output tokens the workload asked for"),
+    Field("cached_tokens", "INTEGER", "prompt tokens the server served from its prefix cache, "
+                                      "where it states them"),
+    Field("counted_by", "TEXT", "usage (the server's) or tokenizer: where the token counts come from"),
 )
 
 #: Derived per (case, phase) statistics, computed by harness.common.stats from the stored trials.

@@ -14,6 +14,7 @@ from typing import Any
 from harness.common.errors import TokbenchError
 from results.schema import (
     CASE_FIELDS,
+    REQUEST_FIELDS,
     RUN_FIELDS,
     SCHEMA_VERSION,
     TRIAL_FIELDS,
@@ -21,7 +22,8 @@ from results.schema import (
     names,
 )
 
-_JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns"}
+_JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns",
+                 "load", "client", "notes", "chunk_ns"}
 
 
 def default_path() -> Path:
@@ -72,7 +74,9 @@ class Store:
             self.db.execute(create_table_sql("runs", RUN_FIELDS))
             self.db.execute(create_table_sql("cases", CASE_FIELDS))
             self.db.execute(create_table_sql("trials", TRIAL_FIELDS))
+            self.db.execute(create_table_sql("requests", REQUEST_FIELDS))
             self._add_missing_columns()
+            self.db.execute("CREATE INDEX IF NOT EXISTS requests_case ON requests(case_id)")
             self.db.execute("CREATE INDEX IF NOT EXISTS trials_case ON trials(case_id)")
             self.db.execute("CREATE INDEX IF NOT EXISTS cases_run ON cases(run_id)")
             self.db.execute(
@@ -140,9 +144,14 @@ class Store:
         self._update("cases", "case_id", case_id, values)
 
     def add_trial(self, case_id: int, trial: int, samples: Iterable[dict[str, Any]],
-                  started_at: float | None = None) -> None:
-        """Store one trial's phase samples atomically."""
+                  started_at: float | None = None,
+                  requests: Iterable[dict[str, Any]] = ()) -> None:
+        """Store one trial's phase samples, and a serving trial's request records, atomically."""
+        allowed = names(REQUEST_FIELDS)
         with self.transaction():
+            for r in requests:
+                self._insert("requests", allowed, {"case_id": case_id, "trial": trial,
+                                                   **{k: v for k, v in r.items() if k in allowed}})
             for s in samples:
                 self._insert("trials", names(TRIAL_FIELDS), {
                     "case_id": case_id, "trial": trial, "phase": s["phase"],
@@ -189,6 +198,13 @@ class Store:
         rows = self.db.execute(
             "SELECT t.* FROM trials t JOIN cases c ON c.case_id = t.case_id "
             "WHERE c.run_id = ? ORDER BY c.case_index, t.trial, t.rowid", (run_id,)
+        ).fetchall()
+        return [_decode(r) for r in rows]
+
+    def requests(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT q.* FROM requests q JOIN cases c ON c.case_id = q.case_id "
+            "WHERE c.run_id = ? ORDER BY c.case_index, q.trial, q.request", (run_id,)
         ).fetchall()
         return [_decode(r) for r in rows]
 

@@ -149,3 +149,55 @@ def test_engine_parameter_values_are_checked(flag: str, value: str, message: str
 
     with pytest.raises(TokbenchError, match=message):
         parse_list(PARAMS[flag], value, f"--{flag}")
+
+
+def test_serving_suite_file_and_command_line(tmp_path: Path) -> None:
+    """Serving loads in a suite file, with the run's request count and SLOs; one pass each by
+    default; every server parameter restarts the server, so cases differing in one are not
+    served by one worker."""
+    from harness.execution.suite import load_key
+
+    suite_file = tmp_path / "serve.toml"
+    suite_file.write_text('requests = 50\nslo = "ttft=500ms,tpot=50ms"\n[[benchmark]]\n'
+                          'backend = "openai"\nurl = "http://127.0.0.1:8000/v1"\nmodels = ["m"]\n'
+                          'workloads = ["c16:in512:out128", "r8:in512:out128:n20"]\n')
+    suite = load_suite(suite_file)
+    assert [c.workload.name for c in suite.cases] == ["c16:in512:out128:n50", "r8:in512:out128:n20"]
+    assert suite.repetitions == 1 and suite.slo == {"ttft": 500.0, "tpot": 50.0}
+    args = build_parser().parse_args(["run", "--backend", "llama.cpp-server", "-m", "x.gguf", "-t", "1,2",
+                                      "-w", "c4:in64:out16", "--requests", "10"])
+    cases = suite_from_args(args).cases
+    assert [c.workload.requests for c in cases] == [10, 10]
+    assert load_key(cases[0]) != load_key(cases[1])  # threads restart a managed server
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backend", "openai", "-m", "m", "-w", "c4:in8:out8"], "needs --url"),
+    (["--backend", "openai", "--url", "http://x/v1", "-m", "m", "-w", "pp512"], "runs serving workloads"),
+    (["-w", "r8:in8:out8"], "is a serving load"),
+    (["--backend", "openai", "--url", "http://x/v1", "-m", "m", "-w", "c1:in8:out8", "--slo", "ttft=fast"],
+     "--slo: bad SLO"),
+])
+def test_serving_command_line_errors(argv: list[str], message: str) -> None:
+    with pytest.raises(TokbenchError, match=message):
+        suite_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_managed_server_command_lines() -> None:
+    """Engine arguments map onto each server's own flags."""
+    from backends.managed_servers import LlamaCppServer, MlxServer, VllmServer
+
+    params = {**LlamaCppServer.defaults, "threads": 2, "flash_attn": "on"}
+    argv = LlamaCppServer("m.gguf", params, 0).argv(8000, 640)
+    assert argv[1:3] == ["-m", "llama_cpp.server"] and "--interrupt_requests" in argv
+    assert argv[argv.index("--n_threads") + 1] == "2" and argv[argv.index("--flash_attn") + 1] == "True"
+    binary = LlamaCppServer("m.gguf", {**params, "server_binary": "/opt/llama-server", "parallel": 4}, 0)
+    argv = binary.argv(8000, 640)
+    assert argv[0] == "/opt/llama-server" and argv[argv.index("-np") + 1] == "4"
+    assert argv[argv.index("-c") + 1] == str(4 * 640)  # llama-server splits -c over its slots
+    vllm = {**VllmServer.defaults, "enforce_eager": True, "dtype": "bfloat16"}
+    argv = VllmServer("dir", vllm, 0).argv(8000, 640)
+    assert "--enforce-eager" in argv and argv[argv.index("--max-model-len") + 1] == "640"
+    assert argv[argv.index("--dtype") + 1] == "bfloat16" and "--quantization" not in argv
+    argv = MlxServer("dir", MlxServer.defaults, 0).argv(8000, 640)
+    assert argv[1:4] == ["-m", "mlx_lm", "server"] and "--prefill-step-size" in argv

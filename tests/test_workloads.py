@@ -33,3 +33,34 @@ def test_bad_syntax_is_a_clear_error(text: str) -> None:
     with pytest.raises(TokbenchError, match="workload") as err:
         parse_workload(text)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["c16:in512:out128", "r8:in512:out128", "r0.5:const:max4:in64-128:out16",
+                                  "r8:burst0.25:in32:out8:prefix16:n100:dur60s:warm0:chat"])
+def test_serving_names_round_trip(text: str) -> None:
+    wl = parse_workload(text)
+    assert wl.serving and wl.name == text
+    assert parse_workload(wl.name) == wl
+
+
+def test_serving_fields() -> None:
+    wl = parse_workload("r2.5:const:max4:in64-128:out16:prefix8:dur2m:warm3:chat")
+    assert (wl.rate, wl.arrival, wl.max_concurrency, wl.input_len, wl.output_len) == (
+        2.5, "constant", 4, (64, 128), (16, 16))
+    assert (wl.prefix_len, wl.duration_s, wl.requests, wl.warmup, wl.endpoint) == (8, 120.0, None, 3, "chat")
+    assert wl.n_ctx == 128 + 16  # what a server must hold for the longest request
+    closed = parse_workload("c16:in512:out128")
+    assert closed.concurrency == 16 and closed.rate is None and closed.warmup_requests() == 16
+    assert closed.with_requests(None).requests == 200  # the default count
+    assert closed.with_requests(50).name == "c16:in512:out128:n50"
+    assert parse_workload("c4:in8:out2:dur10s").with_requests(50).requests is None  # duration rules
+    assert parse_workload("r40:in8:out2").warmup_requests() == 16  # one wave, at most 16
+
+
+@pytest.mark.parametrize("text", ["c16", "c16:in512", "r8:c4:in8:out8", "c4:in8:out8:const", "c0:in8:out8",
+                                  "r8:in8:out8:burst0", "c1:in8:out8:prefix8", "c1:in8-4:out8",
+                                  "c1:in8:out8:zz", "c1:in8:out8:n5:n6", "r8:const:burst2:in8:out8"])
+def test_bad_serving_syntax_is_a_clear_error(text: str) -> None:
+    with pytest.raises(TokbenchError, match="workload") as err:
+        parse_workload(text)
+    assert "\n" not in str(err.value)

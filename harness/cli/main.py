@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     table = summary_table(cases_frame(store, outcome.run_id))
     console.print(to_rich(table, title=f"run {outcome.run_id}"))
+    print_serving(store, outcome.run_id, console)
     console.print(f"stored in {store.path}")
     if args.output:
         Path(args.output).write_text(write_json(store, outcome.run_id))
@@ -152,7 +153,22 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]run is {state}: {n_ok} of {len(cases)} cases finished; "
                       "finished trials of the others are shown[/yellow]")
     console.print(to_rich(summary_table(cases_frame(store, run_id))))
+    print_serving(store, run_id, console)
     return EXIT_OK
+
+
+def print_serving(store: Any, run_id: str, console: Console) -> None:
+    """The serving cases' latency table and their notes (nothing for a run without them)."""
+    from reports.tables import serving_notes, serving_table, to_rich
+    from results.frames import serving_frame
+
+    frame = serving_frame(store, run_id)
+    if frame.empty:
+        return
+    console.print(to_rich(serving_table(frame), title="serving (latencies in ms; t/s above is "
+                                                      "output tok/s per trial)"))
+    for line in serving_notes(frame):
+        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
@@ -163,7 +179,13 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     store = store_of(args, create=False)
     run_id = store.resolve_run(args.run)
     if args.format == "md":
+        from reports.tables import SERVING_RIGHT, serving_table
+        from results.frames import serving_frame
+
         text = to_markdown(summary_table(cases_frame(store, run_id)))
+        serving = serving_frame(store, run_id)
+        if not serving.empty:
+            text += "\n" + to_markdown(serving_table(serving), right=SERVING_RIGHT)
     else:
         text = WRITERS[args.format](store, run_id)
     if args.output:

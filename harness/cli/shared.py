@@ -11,12 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness.common.errors import TokbenchError
 from harness.execution.lifecycle import Hooks
 from harness.execution.params import PARAMS, parse_list
 from harness.execution.suite import (
-    DEFAULT_REPETITIONS,
     DEFAULT_TIMEOUT_S,
     Suite,
+    default_repetitions,
     expand,
     expand_quants,
     load_suite,
@@ -76,6 +77,11 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
         if args.timeout is not None:
             suite.timeout_s = args.timeout
         suite.isolate = suite.isolate or args.isolate
+        if args.requests is not None or args.slo:
+            suite = Suite(suite.cases, suite.repetitions, suite.timeout_s, suite.warmup, suite.seed,
+                          suite.python, suite.name, suite.isolate,
+                          args.requests if args.requests is not None else suite.requests,
+                          _slo(args) or suite.slo)
         return suite
     quants = [q for q in args.quants.split(",") if q] if args.quants else None
     models = expand_quants([m for m in (args.model or DEFAULT_MODEL).split(",") if m], quants,
@@ -87,9 +93,20 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
     python = {}
     if args.python:
         python = {b: args.python for b in {c.backend for c in cases}}
-    return Suite(cases, args.repetitions or DEFAULT_REPETITIONS,
+    return Suite(cases, args.repetitions or default_repetitions(workloads),
                  args.timeout or DEFAULT_TIMEOUT_S, not args.no_warmup, args.seed, python,
-                 isolate=args.isolate)
+                 isolate=args.isolate, requests=args.requests, slo=_slo(args))
+
+
+def _slo(args: argparse.Namespace) -> dict[str, float]:
+    from harness.common.serving import parse_slo
+
+    if args.requests is not None and args.requests < 1:
+        raise TokbenchError(f"--requests must be ≥ 1 (got {args.requests})")
+    try:
+        return parse_slo(args.slo)
+    except ValueError as exc:
+        raise TokbenchError(f"--slo: {exc}") from None
 
 
 def run_with_progress(runner: Any, hooks: ProgressHooks, console: Console,
@@ -112,7 +129,13 @@ def add_grid_options(parser: argparse.ArgumentParser, repetitions_help: str, tim
     parser.add_argument("-m", "--model", help=f"model source(s), comma-separated (default {DEFAULT_MODEL})")
     parser.add_argument("-q", "--quants", help="quants filled into {quant} in the model sources")
     parser.add_argument("-w", "--workloads", default="pp512,tg128",
-                        help="workloads, comma-separated: ppN, tgN, ppN+tgN, …@dN")
+                        help="workloads, comma-separated: ppN, tgN, ppN+tgN, …@dN; serving loads "
+                             "cN:inN:outN (concurrency), rR:inN:outN (requests/s), see the README")
+    parser.add_argument("--requests", type=int,
+                        help="requests per serving case whose workload names no nN or durN "
+                             "(default 200)")
+    parser.add_argument("--slo", help="serving SLOs for goodput, e.g. ttft=500ms,tpot=50ms "
+                                      "(also e2el)")
     for p in PARAMS.values():
         parser.add_argument(*p.flags, dest=p.name, help=f"{p.help} (comma list → grid)")
     parser.add_argument("-r", "--repetitions", type=int, help=repetitions_help)

@@ -155,6 +155,8 @@ class _Serving:
     repetitions: int
     result: CaseResult
     spent_s: float = 0.0  # time waited on the worker for this case: its budget is the timeout
+    client: list[dict[str, Any]] = field(default_factory=list)  # serving: per trial
+    notes: list[str] = field(default_factory=list)
 
 
 class WorkerSession:
@@ -171,6 +173,7 @@ class WorkerSession:
         self._err = tempfile.TemporaryFile()  # noqa: SIM115 - lives until close()
         self._case: _Serving | None = None
         self.key = key  # the load key it serves (A/B runs match pairs to it)
+        self.server_group: int | None = None  # a server the worker started, in its own group
 
     # -- one case ------------------------------------------------------------------------------
     def begin(self, case_id: int, index: int, case_request: dict[str, Any], repetitions: int) -> bool:
@@ -229,6 +232,9 @@ class WorkerSession:
     def kill(self) -> None:
         if self.proc is not None:
             Workers.kill(self.proc)
+        if self.server_group is not None:  # a worker killed mid-case cannot stop its server
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.server_group, signal.SIGKILL)
         self.dead = True
 
     def _wait(self) -> int:
@@ -282,10 +288,16 @@ class WorkerSession:
         kind = msg["type"]
         if kind == "loaded":
             self.model = msg["model"]
+            self.server_group = self.model.get("server_pgid")
             self._record_model(reused=False)
         elif kind == "trial":
-            self.store.add_trial(serving.case_id, msg["index"], msg["samples"], msg.get("started_at"))
+            self.store.add_trial(serving.case_id, msg["index"], msg["samples"], msg.get("started_at"),
+                                 msg.get("requests", ()))
             result.trials += 1
+            if "client" in msg:  # a serving trial: the client's own load, and what to say
+                serving.client.append(msg["client"])
+                serving.notes += [n for n in msg.get("notes", []) if n not in serving.notes]
+                self.store.update_case(serving.case_id, client=serving.client, notes=serving.notes)
             self.hooks.trial_done(serving.index, msg["index"])
         elif kind == "case_done":
             mem = msg.get("memory", {})

@@ -113,6 +113,21 @@ PARAMS: dict[str, Param] = {
               "from the checkpoint)", reloads_model=True),
         Param("kv_cache_dtype", ("--kv-cache-dtype",), str, "vLLM KV-cache dtype",
               choices=("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16"), reloads_model=True),
+        # Serving backends (a server at a URL, or one tokbench starts).
+        Param("url", ("--url",), _optional, "base URL of a running OpenAI-compatible server "
+              "(http://HOST:PORT/v1), for --backend openai", reloads_model=True),
+        Param("api_key_env", ("--api-key-env",), str, "environment variable that holds the "
+              "server's API key (the key itself is never stored)", reloads_model=True),
+        Param("tokenizer", ("--tokenizer",), _optional, "the served model's GGUF or HF directory: "
+              "text prompts of exact length, token counts where the server sends no usage",
+              reloads_model=True),
+        Param("ignore_eos", ("--ignore-eos",), _bool, "send ignore_eos and min_tokens so outputs "
+              "have the asked length (0/1)"),
+        Param("server_binary", ("--server-binary",), _optional, "llama.cpp's llama-server binary "
+              "for --backend llama.cpp-server (default: llama-cpp-python's server)",
+              reloads_model=True),
+        Param("parallel", ("-np", "--parallel"), int, "llama-server slots (requests decoded "
+              "together)", minimum=1, reloads_model=True),
     )
 }
 

@@ -61,7 +61,7 @@ def open_request(case: Case, model: models.ResolvedModel, seed: int, cases: list
 def case_request(case: Case, seed: int, warmup: bool) -> dict[str, Any]:
     wl = case.workload
     return {"params": case.param_dict, "n_ctx": wl.n_ctx, "seed": seed, "warmup": warmup,
-            "workload": {"n_prompt": wl.n_prompt, "n_gen": wl.n_gen, "n_depth": wl.n_depth}}
+            "workload": wl.spec()}
 
 
 class Runner:
@@ -79,7 +79,7 @@ class Runner:
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=engines)
         run_id = start_run(self.store, command, profile)
         case_ids = [add_pending_case(self.store, run_id, index, case, resolved[index],
-                                     suite.repetitions, engines[case.backend])
+                                     suite.repetitions, engines[case.backend], slo=suite.slo)
                     for index, case in enumerate(suite.cases)]
         self.hooks.run_started(run_id, len(suite.cases))
         outcome = RunOutcome(run_id, "complete")
@@ -184,9 +184,13 @@ def start_run(store: Store, command: str, profile: dict[str, Any]) -> str:
 
 
 def add_pending_case(store: Store, run_id: str, index: int, case: Case, model: models.ResolvedModel,
-                     repetitions: int, engine: dict[str, Any], **extra: Any) -> int:
+                     repetitions: int, engine: dict[str, Any], slo: dict[str, float] | None = None,
+                     **extra: Any) -> int:
     """Record a case before it runs, so a crash leaves it visible as pending. Its parameters and
-    the backend's defaults are stored whole, so reports never need the backend class."""
+    the backend's defaults are stored whole, so reports never need the backend class; a serving
+    case stores its load and the SLOs its goodput is judged by."""
+    if case.workload.serving:
+        extra["load"] = {**case.workload.load_doc(), "slo": slo or {}}
     return store.add_case(
         run_id=run_id, case_index=index, backend=case.backend, model=case.model,
         model_path=str(model.path), model_id=model.model_id, quant=model.quant,

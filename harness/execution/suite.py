@@ -17,9 +17,10 @@ import psutil
 
 from backends.registry import canonical, load_class, spec_for
 from harness.common.errors import TokbenchError
+from harness.common.serving import parse_slo
 from harness.common.toml_files import check_keys, read_toml
 from harness.execution.params import PARAMS
-from harness.execution.workloads import Workload, parse_workload
+from harness.execution.workloads import AnyWorkload, parse_workload
 
 DEFAULT_REPETITIONS = 5
 DEFAULT_TIMEOUT_S = 900.0
@@ -31,7 +32,7 @@ class Case:
 
     backend: str
     model: str
-    workload: Workload
+    workload: AnyWorkload
     params: tuple[tuple[str, Any], ...]
 
     @property
@@ -44,9 +45,12 @@ class Case:
 
 
 def load_key(case: Case) -> tuple[Any, ...]:
-    """What one loaded model serves: backend, model and every parameter that reloads it."""
+    """What one loaded model serves: backend, model and every parameter that reloads it (for a
+    server tokbench starts, every engine parameter: the server is started with them)."""
+    restart_all = load_class(spec_for(case.backend)).serving
     return (case.backend, case.model,
-            tuple((k, v) for k, v in case.params if PARAMS[k].reloads_model))
+            tuple((k, v) for k, v in case.params
+                  if PARAMS[k].reloads_model or (restart_all and k != "ignore_eos")))
 
 
 def reuse_order(cases: list[Case]) -> list[Case]:
@@ -67,21 +71,51 @@ class Suite:
     python: dict[str, str] = field(default_factory=dict)  # backend → worker interpreter
     name: str = "cli"
     isolate: bool = False  # one worker per case (a model load each), instead of one per load
+    requests: int | None = None  # serving loads that name no count or duration: this many
+    slo: dict[str, float] = field(default_factory=dict)  # ms; goodput is judged against them
 
     def __post_init__(self) -> None:
-        self.cases = reuse_order(self.cases)
+        self.cases = reuse_order([
+            Case(c.backend, c.model, c.workload.with_requests(self.requests), c.params)
+            if c.workload.serving else c for c in self.cases])
 
 
 def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
-def expand(backends: list[str], models: list[str], workloads: list[Workload],
+def default_repetitions(workloads: list[AnyWorkload]) -> int:
+    """Trials per case when none are asked for: one pass of a serving load (it holds hundreds of
+    requests), DEFAULT_REPETITIONS of token workloads."""
+    return 1 if workloads and all(w.serving for w in workloads) else DEFAULT_REPETITIONS
+
+
+def _check_kinds(classes: dict[str, Any], workloads: list[AnyWorkload], params: dict[str, list[Any]],
+                 where: str) -> None:
+    """Serving loads need a server backend and token workloads an engine; required parameters."""
+    for name, cls in classes.items():
+        wrong = next((w for w in workloads if w.serving != cls.serving), None)
+        if wrong is not None and cls.serving:
+            raise TokbenchError(f"{where}: backend {name} runs serving workloads such as "
+                                f"c16:in512:out128, not {wrong.name}")
+        if wrong is not None:
+            raise TokbenchError(f"{where}: workload {wrong.name} is a serving load: use a server "
+                                "backend (openai --url …, llama.cpp-server, vllm-server, mlx-server)")
+        for key in cls.required:
+            if not params.get(key):
+                flag = PARAMS[key].flags[-1]
+                raise TokbenchError(f"{where}: backend {name} needs {flag}, e.g. "
+                                    f"{flag} http://127.0.0.1:8000/v1")
+
+
+def expand(backends: list[str], models: list[str], workloads: list[AnyWorkload],
            params: dict[str, list[Any]], where: str) -> list[Case]:
     """The grid of cases; unset parameters take each backend's defaults. With several backends a
     parameter applies to those that take it (engine flags differ); one no backend takes is an error."""
     cases = []
-    taken = {canonical(b): load_class(spec_for(canonical(b))).defaults for b in backends}
+    classes = {canonical(b): load_class(spec_for(canonical(b))) for b in backends}
+    _check_kinds(classes, workloads, params, where)
+    taken = {name: cls.defaults for name, cls in classes.items()}
     unknown = [p for p in params if not any(p in defaults for defaults in taken.values())]
     if unknown:
         raise TokbenchError(
@@ -116,7 +150,7 @@ def expand_quants(models: list[str], quants: list[str] | None, where: str) -> li
 # -- suite files ---------------------------------------------------------------------------
 
 _TOP_KEYS = {"name", "repetitions", "timeout", "warmup", "seed", "python", "isolate", "defaults",
-             "benchmark"}
+             "benchmark", "requests", "slo"}
 _GROUP_KEYS = {"backend", "backends", "model", "models", "quants", "workload", "workloads", *PARAMS}
 
 
@@ -155,7 +189,7 @@ def load_suite(path: str | Path) -> Suite:
             for k in merged if k in PARAMS
         }
         cases += expand(backends, models, workloads, params, where)
-    repetitions = doc.get("repetitions", DEFAULT_REPETITIONS)
+    repetitions = doc.get("repetitions", default_repetitions([c.workload for c in cases]))
     if not isinstance(repetitions, int) or repetitions < 1:
         raise TokbenchError(f"{path}: repetitions must be an integer ≥ 1 (got {repetitions!r})")
     timeout = doc.get("timeout", DEFAULT_TIMEOUT_S)
@@ -164,6 +198,13 @@ def load_suite(path: str | Path) -> Suite:
     python = doc.get("python", {})
     if not isinstance(python, dict):
         raise TokbenchError(f"{path}: python must be a table of backend = \"/path/to/python\"")
+    requests = doc.get("requests")
+    if requests is not None and (not isinstance(requests, int) or requests < 1):
+        raise TokbenchError(f"{path}: requests must be an integer ≥ 1 (got {requests!r})")
+    try:
+        slo = parse_slo(str(doc.get("slo", "")))
+    except ValueError as exc:
+        raise TokbenchError(f"{path}: {exc}") from None
     return Suite(cases, repetitions, float(timeout), bool(doc.get("warmup", True)),
                  int(doc.get("seed", 42)), {canonical(k): str(v) for k, v in python.items()},
-                 str(doc.get("name", path.stem)), bool(doc.get("isolate", False)))
+                 str(doc.get("name", path.stem)), bool(doc.get("isolate", False)), requests, slo)

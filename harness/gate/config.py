@@ -50,6 +50,12 @@ class _Override:
     limits: dict[str, Any]
 
 
+#: Serving latencies are per-request samples, which vary by design (queueing, lengths): their
+#: spread is not run noise, so the "too noisy" limit is wider. The noise floor (one typical
+#: request's deviation) still keeps changes within that spread from being called.
+SERVING_MAX_CV = 0.5
+
+
 @dataclass
 class GateConfig:
     defaults: Thresholds = field(default_factory=Thresholds)
@@ -59,6 +65,8 @@ class GateConfig:
 
     def thresholds(self, label: str, metric: str) -> Thresholds:
         th = self.defaults
+        if METRICS[metric].phase in ("ttft", "tpot", "itl", "e2el") and th.max_cv == Thresholds.max_cv:
+            th = replace(th, max_cv=SERVING_MAX_CV)
         for o in self.overrides:
             if fnmatch.fnmatchcase(label, o.case) and o.metric in (None, metric):
                 th = replace(th, **o.limits)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.common import serving
 from harness.gate.config import Acceptance, GateConfig
 from harness.gate.statistics import (
     ERROR,
@@ -132,8 +133,20 @@ def case_key(case: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def metric_trials(case: dict[str, Any], metric: Metric) -> list[tuple[int, float]]:
-    """(trial number, value) of every sample of the metric, in trial order (a serving trial may
-    hold several, one per request)."""
+    """(trial number, value) of every sample of the metric, in trial order. A serving latency
+    has one sample per completed request (ITL: the request's mean gap, since gaps within one
+    request are not independent draws)."""
+    if metric.phase in serving.LATENCIES:
+        out = []
+        for r in case.get("requests", []):
+            if r.get("status") != "ok":
+                continue
+            value = serving.request_latencies(r)[metric.phase]
+            if metric.phase == "itl":
+                value = sum(value) / len(value) if value else None
+            if value is not None:
+                out.append((r["trial"], value))
+        return out
     return [(t["trial"], metric.value(t["n_tokens"], t["duration_ns"])) for t in case.get("trials", [])
             if t["phase"] == metric.phase and t["duration_ns"] > 0]
 
@@ -143,10 +156,11 @@ def metric_values(case: dict[str, Any], metric: Metric) -> list[float]:
 
 
 def case_metrics(case: dict[str, Any]) -> list[Metric]:
-    """Metrics the case's workload times, plus any serving phase its trials carry."""
+    """Metrics the case's workload times: prefill and decode, or a serving case's latencies."""
+    if case.get("load"):
+        return [m for m in METRICS.values() if m.phase in serving.LATENCIES]
     phases = {"pp": case["n_prompt"] > 0, "tg": case["n_gen"] > 0}
-    present = {t["phase"] for t in case.get("trials", [])}
-    return [m for m in METRICS.values() if phases.get(m.phase, m.phase in present)]
+    return [m for m in METRICS.values() if phases.get(m.phase, False)]
 
 
 def _entries(label: str, bases: list[dict[str, Any]], cur: dict[str, Any], config: GateConfig,

@@ -29,12 +29,15 @@ class ResolvedModel:
     model_id: str  # size + sha256 of the header (GGUF) or config.json (HF): the model's identity
     arch: str | None
     quant: str | None
-    format: str = "gguf"  # gguf | hf
+    format: str = "gguf"  # gguf | hf | remote (a model name at a server)
 
 
 def resolve(source: str, fmt: str = "gguf") -> ResolvedModel:
     """Turn a model source into a checked local model in `fmt` (what the backend reads: "gguf"
-    for llama.cpp, "hf" for vLLM and MLX), or raise a one-line error."""
+    for llama.cpp, "hf" for vLLM and MLX), or raise a one-line error. "remote" is a name a
+    running server serves: nothing here to check, its identity is the name."""
+    if fmt == "remote":
+        return ResolvedModel(source, Path(source), 0, f"remote:{source}", None, None, "remote")
     if source.startswith("pkg:"):
         if fmt == "hf":
             raise TokbenchError(
