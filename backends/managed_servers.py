@@ -220,6 +220,7 @@ class LlamaCppServer(ManagedServer):
 
     name = "llama.cpp-server"
     label = "llama.cpp server"
+    needs_min_tokens = True  # llama_cpp.server ignores ignore_eos (llama-server takes both)
     install_hint = "pip install 'tokbench[llama,serving]'"
     model_format = "gguf"
     defaults: ClassVar[dict[str, Any]] = {

@@ -39,11 +39,12 @@ class OpenAIBackend(Backend):
     model_format = "remote"
     serving = True
     required = ("url",)
+    needs_min_tokens: ClassVar[bool] = False  # the server is known to ignore ignore_eos
     defaults: ClassVar[dict[str, Any]] = {
         "url": None,  # base URL of the API, e.g. http://127.0.0.1:8000/v1
         "api_key_env": "OPENAI_API_KEY",
         "tokenizer": None,  # a GGUF or HF directory of the served model: text prompts, counting
-        "ignore_eos": True,  # send ignore_eos and min_tokens, so outputs have the asked length
+        "ignore_eos": True,  # send ignore_eos (and min_tokens where needed): outputs of the asked length
     }
 
     @classmethod
@@ -61,12 +62,19 @@ class OpenAIBackend(Backend):
         self.chat_overhead: int | None = None
         self.server_info: dict[str, Any] = {}
         self.nonce = os.urandom(8).hex()  # this run's prompts repeat no earlier run's
+        # min_tokens as well as ignore_eos: only for servers that ignore ignore_eos (found in the
+        # warm-up), since it costs vLLM a logits processor on every step
+        self.min_tokens = self.needs_min_tokens
+        self.length_note: str | None = None
 
     # -- where and how ----------------------------------------------------------------------
     @property
     def base_url(self) -> str:
+        """The API base as given; a bare http://HOST:PORT gets /v1, where every server here
+        keeps its OpenAI routes."""
         url = str(self.params.get("url") or "").rstrip("/")
-        return url if url.endswith("/v1") else url + "/v1" if url.count("/") == 2 else url
+        bare = url.count("/") == 2  # scheme://host:port, no path
+        return url + "/v1" if bare else url
 
     def headers(self) -> dict[str, str]:
         key = os.environ.get(str(self.params.get("api_key_env") or ""), "")
@@ -76,7 +84,11 @@ class OpenAIBackend(Backend):
         return self.params.get("tokenizer")
 
     def endpoint(self, chat: bool) -> Endpoint:
-        extra = {"ignore_eos": True, "min_tokens": 0} if self.params.get("ignore_eos", True) else {}
+        extra: dict[str, Any] = {}
+        if self.params.get("ignore_eos", True):
+            extra["ignore_eos"] = True
+            if self.min_tokens:
+                extra["min_tokens"] = 0  # set per request to its max_tokens
         count = None
         if self.tokenizer is not None:
             tok = self.tokenizer
@@ -156,20 +168,18 @@ class OpenAIBackend(Backend):
             self.server_info["server"] = " ".join(str(x) for x in (owned, version) if x)
 
     async def _probe_stream(self, session: Any) -> None:
-        """Short streamed requests: does the endpoint take token ids (exact prompt lengths by
-        construction), does it send usage, does it speak SSE?"""
+        """One short streamed request in the form the load will use: text when the model's
+        tokenizer is known (what users send; the server's tokenization is then part of TTFT, as
+        in `vllm bench serve`), else token ids (exact lengths by construction). Does the server
+        take it, send usage, speak SSE?"""
         ep = self.endpoint(chat=False)
+        self.token_ids = self.tokenizer is None
+        prompt = (Prompt(_PROBE_IDS, len(_PROBE_IDS), 2) if self.token_ids
+                  else Prompt("Hello there, how are you", 6, 2))
         try:
-            record = await self._probe(session, ep, Prompt(_PROBE_IDS, len(_PROBE_IDS), 2))
-            self.token_ids = True
+            record = await self._probe(session, ep, prompt)
         except StreamError as exc:
-            if self.tokenizer is None or not str(exc).startswith("HTTP "):
-                self._refuse(str(exc), ids=True)
-            try:
-                record = await self._probe(session, ep, Prompt("Hello there, how are you", 6, 2))
-            except StreamError as exc2:
-                self._refuse(str(exc2), ids=False)
-            self.token_ids = False
+            self._refuse(str(exc), ids=self.token_ids)
         self.has_usage = record.get("counted_by") == "usage"
 
     @staticmethod
@@ -200,8 +210,7 @@ class OpenAIBackend(Backend):
             raise ModelLoadError("a chat workload needs the model's tokenizer to make prompts of "
                                  "the asked length: give --tokenizer (a GGUF or HF directory)")
         overhead = self._chat_overhead() if chat else 0
-        tokenizer = None if self.token_ids and not chat else self.tokenizer
-        return PromptMaker(load, seed, tokenizer, overhead, self.nonce)
+        return PromptMaker(load, seed, self.tokenizer, overhead, self.nonce)
 
     def _chat_overhead(self) -> int:
         """Tokens the chat template adds around the content, from one non-streamed request."""
@@ -228,11 +237,20 @@ class OpenAIBackend(Backend):
         return int(prompt_tokens) - len(self.tokenizer.encode(content, specials=False))
 
     def serve_warmup(self, load: dict[str, Any], seed: int) -> None:
+        """The warm-up requests; if they come back short, the server ignored ignore_eos, and the
+        timed requests also send min_tokens."""
         n = int(load.get("warmup") or 0)
-        if n:
-            run_async(run_load(self.endpoint(load.get("endpoint") == "chat"),
-                                 {**load, "concurrency": min(n, load.get("concurrency") or n)},
-                                 self.prompts(load, f"{seed}:warmup"), seed, n_requests=n))
+        if not n:
+            return
+        result = run_async(run_load(self.endpoint(load.get("endpoint") == "chat"),
+                                    {**load, "concurrency": min(n, load.get("concurrency") or n)},
+                                    self.prompts(load, f"{seed}:warmup"), seed, n_requests=n))
+        short = [r for r in result.records if r["status"] == "ok"
+                 and (r.get("output_tokens") or 0) < (r.get("output_expected") or 0)]
+        if short and not self.min_tokens and self.params.get("ignore_eos", True):
+            self.min_tokens = True
+            self.length_note = (f"{len(short)} of {n} warm-up requests stopped early with "
+                                "ignore_eos alone: min_tokens was sent as well")
 
     def serve_trial(self, load: dict[str, Any], seed: int) -> dict[str, Any]:
         result = run_async(run_load(self.endpoint(load.get("endpoint") == "chat"), load,
@@ -240,10 +258,13 @@ class OpenAIBackend(Backend):
         ok = [r for r in result.records if r["status"] == "ok"]
         out_tokens = sum(r.get("output_tokens") or 0 for r in ok)
         client = result.client()
+        notes = trial_notes(result.records, client)
+        if self.length_note:
+            notes.insert(0, self.length_note)
         return {
             "samples": [PhaseSample("out", out_tokens, result.wall_ns).to_dict()],
-            "requests": result.records, "client": client,
-            "notes": trial_notes(result.records, client), "fatal": self.fatal(result.records),
+            "requests": result.records, "client": client, "notes": notes,
+            "fatal": self.fatal(result.records),
         }
 
     def fatal(self, records: list[dict[str, Any]]) -> str | None:

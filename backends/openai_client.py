@@ -62,8 +62,9 @@ class Endpoint:
         return self.base_url.rstrip("/") + ("/chat/completions" if self.chat else "/completions")
 
     def body(self, p: Prompt) -> dict[str, Any]:
+        # Sampling is left at the server's defaults, as `vllm bench serve` leaves it.
         body: dict[str, Any] = {"model": self.model, "max_tokens": p.max_tokens, "stream": True,
-                                "stream_options": {"include_usage": True}, "temperature": 0.0}
+                                "stream_options": {"include_usage": True}}
         if self.chat:
             body["messages"] = [{"role": "user", "content": p.prompt}]
         else:

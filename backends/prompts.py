@@ -1,7 +1,8 @@
 """Prompts whose server-side token count is the workload's input length.
 
-With the model's tokenizer, a prompt is text made of random whole-word tokens, re-tokenized
-and repaired (words dropped or added) until it counts exactly; the count includes the special
+With the model's tokenizer (a managed server's own model, or --tokenizer), a prompt is text, as
+users send it, made of random whole-word tokens, re-tokenized and repaired (words dropped or
+added) until it counts exactly; the count includes the special
 tokens the server adds (BOS), and for chat the template's own tokens, measured once from the
 server's usage. Without a tokenizer the prompt is a list of token ids, which /v1/completions of
 vLLM and SGLang take as is. Each request's lengths come from the case's seed, so every run asks
@@ -91,8 +92,8 @@ def _word_ids(tok: Tokenizer, seed: int, wanted: int = 2000) -> list[int]:
     plain: list[int] = []
     for i in rng.sample(range(size), min(size, 40_000)):
         text = tok.decode([i])
-        if not (text.strip() and text.isascii() and text.isprintable()):
-            continue
+        if not (text.strip() and text.isascii() and text.isprintable()) or "<" in text or ">" in text:
+            continue  # not text, or perhaps a control token's name (<|im_start|>, <eos>)
         if tok.encode(text, specials=False) != [i]:
             continue
         word = text[1:]

@@ -4,8 +4,14 @@ alternating rounds, so drift of the server or the machine hits both alike.
     python benchmarks/serving_fidelity.py --rounds 4 --concurrency 4 --requests 64 \
         --input-len 128 --output-len 64 [--model HF_DIR] [--out fidelity.json]
 
-One vLLM OpenAI server (VLLM_CPU_KVCACHE_SPACE=1, loopback) serves every round. Each round runs
-`tokbench run --backend openai -w cC:inI:outO:nN` and `vllm bench serve --dataset-name random
+One vLLM OpenAI server (VLLM_CPU_KVCACHE_SPACE=1, loopback) serves every round, with prefix
+caching off unless --prefix-caching: `vllm bench serve`'s random prompts are runs of
+consecutive token ids from a random start, so on a small vocabulary (the tiny model has 512
+tokens) many of them repeat, within a run and across rounds, and the prefix cache would serve
+them (tokbench's never repeat). The server's /metrics prefix-cache counters are read around
+every run and printed, so what the cache served is shown either way. Each round runs
+`tokbench run --backend openai --tokenizer MODEL -w cC:inI:outO:nN` (text prompts, as `vllm
+bench serve` sends, so the server's tokenization is in both TTFTs) and `vllm bench serve --dataset-name random
 --random-input-len I --random-output-len O --num-prompts N --max-concurrency C --ignore-eos`
 (the order alternates by round), then compares the medians of TTFT and TPOT and the output
 throughput. Prints each round and the median ratio (tokbench ÷ vllm bench) with its range.
@@ -42,13 +48,14 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_vllm(model: Path, port: int, max_len: int, log: Path) -> subprocess.Popen:
+def start_vllm(model: Path, port: int, max_len: int, log: Path, prefix_caching: bool) -> subprocess.Popen:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
            "VLLM_HOST_IP": "127.0.0.1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port),
-         "--max-model-len", str(max_len)],
+         "--max-model-len", str(max_len),
+         "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching"],
         stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     for _ in range(1200):  # a cold vLLM CPU start compiles for minutes; bounded at 10 min
         if proc.poll() is not None:
@@ -61,10 +68,22 @@ def start_vllm(model: Path, port: int, max_len: int, log: Path) -> subprocess.Po
     raise SystemExit(f"vLLM server not ready after 10 min: see {log}")
 
 
+def cache_counters(url: str) -> tuple[float, float]:
+    """(prefix-cache queries, hits) in tokens, from the server's Prometheus metrics."""
+    text = urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10).read().decode()
+    found = {"queries": 0.0, "hits": 0.0}
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f"vllm:prefix_cache_{key}_total"):
+                found[key] += float(line.rsplit(" ", 1)[1])
+    return found["queries"], found["hits"]
+
+
 def tokbench_round(url: str, args: argparse.Namespace, store: Path) -> dict:
     workload = f"c{args.concurrency}:in{args.input_len}:out{args.output_len}:n{args.requests}:warm1"
     subprocess.run([sys.executable, "-m", "harness.cli", "--store", str(store), "run",
                     "--backend", "openai", "--url", url, "-m", NAME, "-w", workload,
+                    "--tokenizer", str(args.model_dir),
                     "--no-bandwidth"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     from results.frames import serving_frame
     from results.store import Store
@@ -92,28 +111,37 @@ def main() -> int:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--out", type=Path, help="write every round's figures here (JSON)")
+    ap.add_argument("--prefix-caching", action="store_true",
+                    help="leave the server's prefix cache on (vLLM's default)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tokbench-fidelity-"))
     model = args.model
+    args.model_dir = model
     if model is None:
         model = tmp / "tiny"
         subprocess.run([sys.executable, "-m", "harness.cli", "models", "tiny", "--arch", "llama",
                         "--format", "hf", str(model)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        args.model_dir = model
     port = _port()
     url = f"http://127.0.0.1:{port}/v1"
-    server = start_vllm(model, port, args.input_len + args.output_len + 64, tmp / "vllm.log")
+    server = start_vllm(model, port, args.input_len + args.output_len + 64, tmp / "vllm.log",
+                        args.prefix_caching)
     rounds = []
     try:
         for i in range(args.rounds):
             order = ("tokbench", "vllm") if i % 2 == 0 else ("vllm", "tokbench")
             got = {}
             for who in order:
+                q0, h0 = cache_counters(url)
                 got[who] = (tokbench_round(url, args, tmp / "results.db") if who == "tokbench"
                             else vllm_round(url, args, model, tmp / f"vllm-{i}"))
+                q1, h1 = cache_counters(url)
+                got[who]["prefix_cache_hit_share"] = (h1 - h0) / (q1 - q0) if q1 > q0 else 0.0
             rounds.append(got)
             print(f"round {i + 1}: " + "  ".join(
-                f"{title} {got['tokbench'][k]:.2f} / {got['vllm'][k]:.2f}" for k, title in METRICS),
-                flush=True)
+                f"{title} {got['tokbench'][k]:.2f} / {got['vllm'][k]:.2f}" for k, title in METRICS)
+                + f"  prefix-cache hits {got['tokbench']['prefix_cache_hit_share']:.0%} / "
+                f"{got['vllm']['prefix_cache_hit_share']:.0%}", flush=True)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)

@@ -101,12 +101,16 @@ def test_openai_backend_closed_and_open_loop(llama_url: str, gemma_path: Path, k
         for r in reqs:
             # the server counts exactly the prompt length asked for (BOS included)
             assert r["prompt_tokens"] == r["prompt_expected"]
-            assert r["output_tokens"] == r["output_expected"] == n_out  # min_tokens held it
+            assert r["output_tokens"] <= r["output_expected"] == n_out
             assert r["counted_by"] == "tokenizer"  # llama_cpp.server streams no usage
             assert 0 < r["ttft_ns"] <= r["e2el_ns"]
             assert r["chunk_ns"] == sorted(r["chunk_ns"]) and r["chunk_ns"][0] == r["ttft_ns"]
+        # llama_cpp.server ignores ignore_eos: once a warm-up reply stops early, min_tokens is
+        # sent too; a reply that still came back short is counted and said
+        short = [r for r in reqs if r["output_tokens"] < n_out]
+        assert len(short) <= 1 and (not short or any("fewer output tokens" in n for n in case["notes"]))
         assert case["trials"][0]["phase"] == "out"
-        assert case["trials"][0]["n_tokens"] == 6 * n_out
+        assert case["trials"][0]["n_tokens"] == sum(r["output_tokens"] for r in reqs)
         assert case["client"][0]["cpu_s"] > 0
         assert any("tokenizer" in n for n in case["notes"])
     assert "tokbench-test-key" not in json.dumps(doc)  # the key is read, never stored
