@@ -269,3 +269,15 @@ def test_vllm_server_closed_and_open_loop(store_path: Path, tmp_path: Path) -> N
         assert all(r["output_tokens"] == 8 for r in reqs)
         assert case["memory"]["server_peak_rss_bytes"] > 0
     assert [c["model_reused"] for c in doc["cases"]] == [0, 1]  # one server for both cases
+
+
+def test_mlx_server_closed_loop(store_path: Path, tmp_path: Path) -> None:
+    """tokbench starts mlx-lm's server: its keep-alive SSE comments are skipped, usage counts the
+    tokens, text prompts have the asked length."""
+    tiny = tmp_path / "tiny"
+    assert main(["models", "tiny", "--arch", "llama", "--format", "hf", str(tiny)]) == 0
+    assert _run(store_path, "--backend", "mlx-server", "-m", str(tiny), "-w", "c2:in32:out8:n8") == 0
+    (case,) = _doc(store_path)["cases"]
+    assert [r["status"] for r in case["requests"]] == ["ok"] * 8
+    assert all(r["counted_by"] == "usage" and r["prompt_tokens"] == 32 for r in case["requests"])
+    assert case["memory"]["server_peak_rss_bytes"] > 0
