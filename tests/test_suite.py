@@ -164,6 +164,10 @@ def test_serving_suite_file_and_command_line(tmp_path: Path) -> None:
     suite = load_suite(suite_file)
     assert [c.workload.name for c in suite.cases] == ["c16:in512:out128:n50", "r8:in512:out128:n20"]
     assert suite.repetitions == 1 and suite.slo == {"ttft": 500.0, "tpot": 50.0}
+    given = suite_from_args(build_parser().parse_args(["run", str(suite_file), "--requests", "7",
+                                                       "--slo", "e2el=2s"]))
+    assert [c.workload.name for c in given.cases] == ["c16:in512:out128:n7", "r8:in512:out128:n20"]
+    assert given.slo == {"e2el": 2000.0}  # the command line wins over the file
     args = build_parser().parse_args(["run", "--backend", "llama.cpp-server", "-m", "x.gguf", "-t", "1,2",
                                       "-w", "c4:in64:out16", "--requests", "10"])
     cases = suite_from_args(args).cases

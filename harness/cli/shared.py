@@ -71,17 +71,12 @@ def store_of(args: argparse.Namespace, create: bool = True) -> Any:
 
 def suite_from_args(args: argparse.Namespace) -> Suite:
     if args.suite:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, args.requests, _slo(args))
         if args.repetitions is not None:
             suite.repetitions = args.repetitions
         if args.timeout is not None:
             suite.timeout_s = args.timeout
         suite.isolate = suite.isolate or args.isolate
-        if args.requests is not None or args.slo:
-            suite = Suite(suite.cases, suite.repetitions, suite.timeout_s, suite.warmup, suite.seed,
-                          suite.python, suite.name, suite.isolate,
-                          args.requests if args.requests is not None else suite.requests,
-                          _slo(args) or suite.slo)
         return suite
     quants = [q for q in args.quants.split(",") if q] if args.quants else None
     models = expand_quants([m for m in (args.model or DEFAULT_MODEL).split(",") if m], quants,

@@ -158,8 +158,10 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read a suite file; every key is checked, and typos are named with a suggestion."""
+def load_suite(path: str | Path, requests: int | None = None, slo: dict[str, float] | None = None
+               ) -> Suite:
+    """Read a suite file; every key is checked, and typos are named with a suggestion. `requests`
+    and `slo` (the command line's) win over the file's."""
     path = Path(path)
     doc = read_toml(path, "suite file")
     check_keys(doc, _TOP_KEYS, str(path))
@@ -198,13 +200,15 @@ def load_suite(path: str | Path) -> Suite:
     python = doc.get("python", {})
     if not isinstance(python, dict):
         raise TokbenchError(f"{path}: python must be a table of backend = \"/path/to/python\"")
-    requests = doc.get("requests")
-    if requests is not None and (not isinstance(requests, int) or requests < 1):
-        raise TokbenchError(f"{path}: requests must be an integer ≥ 1 (got {requests!r})")
+    file_requests = doc.get("requests")
+    if file_requests is not None and (not isinstance(file_requests, int) or file_requests < 1):
+        raise TokbenchError(f"{path}: requests must be an integer ≥ 1 (got {file_requests!r})")
     try:
-        slo = parse_slo(str(doc.get("slo", "")))
+        file_slo = parse_slo(str(doc.get("slo", "")))
     except ValueError as exc:
         raise TokbenchError(f"{path}: {exc}") from None
+    requests = requests if requests is not None else file_requests
+    slo = slo or file_slo
     return Suite(cases, repetitions, float(timeout), bool(doc.get("warmup", True)),
                  int(doc.get("seed", 42)), {canonical(k): str(v) for k, v in python.items()},
                  str(doc.get("name", path.stem)), bool(doc.get("isolate", False)), requests, slo)
