@@ -194,19 +194,19 @@ class Store:
         ).fetchall()
         return [_decode(r) for r in rows]
 
-    def trials(self, run_id: str) -> list[dict[str, Any]]:
+    def _case_rows(self, table: str, run_id: str, order: str) -> list[dict[str, Any]]:
+        """Rows of a per-case table (trials, requests) for one run, in case order, then `order`."""
         rows = self.db.execute(
-            "SELECT t.* FROM trials t JOIN cases c ON c.case_id = t.case_id "
-            "WHERE c.run_id = ? ORDER BY c.case_index, t.trial, t.rowid", (run_id,)
+            f"SELECT x.* FROM {table} x JOIN cases c ON c.case_id = x.case_id "
+            f"WHERE c.run_id = ? ORDER BY c.case_index, {order}", (run_id,)
         ).fetchall()
         return [_decode(r) for r in rows]
 
+    def trials(self, run_id: str) -> list[dict[str, Any]]:
+        return self._case_rows("trials", run_id, "x.trial, x.rowid")
+
     def requests(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT q.* FROM requests q JOIN cases c ON c.case_id = q.case_id "
-            "WHERE c.run_id = ? ORDER BY c.case_index, q.trial, q.request", (run_id,)
-        ).fetchall()
-        return [_decode(r) for r in rows]
+        return self._case_rows("requests", run_id, "x.trial, x.request")
 
     def run_state(self, run: dict[str, Any]) -> str:
         """The run's status, telling a live run from one whose runner died."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.common.errors import TokbenchError
+from harness.common.serving import LATENCIES
 from harness.common.toml_files import check_keys, read_toml
 from harness.gate import DEFAULT_FILE
 from harness.gate.statistics import METRICS, Thresholds
@@ -65,7 +66,7 @@ class GateConfig:
 
     def thresholds(self, label: str, metric: str) -> Thresholds:
         th = self.defaults
-        if METRICS[metric].phase in ("ttft", "tpot", "itl", "e2el") and th.max_cv == Thresholds.max_cv:
+        if METRICS[metric].phase in LATENCIES and th.max_cv == Thresholds.max_cv:
             th = replace(th, max_cv=SERVING_MAX_CV)
         for o in self.overrides:
             if fnmatch.fnmatchcase(label, o.case) and o.metric in (None, metric):
