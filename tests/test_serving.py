@@ -106,9 +106,11 @@ def test_openai_backend_closed_and_open_loop(llama_url: str, gemma_path: Path, k
             assert 0 < r["ttft_ns"] <= r["e2el_ns"]
             assert r["chunk_ns"] == sorted(r["chunk_ns"]) and r["chunk_ns"][0] == r["ttft_ns"]
         # llama_cpp.server ignores ignore_eos: once a warm-up reply stops early, min_tokens is
-        # sent too; a reply that still came back short is counted and said
+        # sent too (sampling is the server's, so a warm-up may not stop early); every reply that
+        # came back short is counted and said
         short = [r for r in reqs if r["output_tokens"] < n_out]
-        assert len(short) <= 1 and (not short or any("fewer output tokens" in n for n in case["notes"]))
+        assert not short or any(f"{len(short)} of 6 requests returned fewer output tokens" in n
+                                for n in case["notes"])
         assert case["trials"][0]["phase"] == "out"
         assert case["trials"][0]["n_tokens"] == sum(r["output_tokens"] for r in reqs)
         assert case["client"][0]["cpu_s"] > 0
