@@ -226,6 +226,7 @@ class LlamaCppServer(ManagedServer):
     defaults: ClassVar[dict[str, Any]] = {
         "threads": None, "n_batch": 2048, "n_ubatch": 512, "n_gpu_layers": 99,
         "flash_attn": "auto", "server_binary": None, "parallel": 1, "ignore_eos": True,
+        "client_procs": 1,
     }
 
     engine = staticmethod(_llama_cpp)
@@ -273,7 +274,7 @@ class VllmServer(ManagedServer):
     defaults: ClassVar[dict[str, Any]] = {
         "dtype": "auto", "max_model_len": None, "enforce_eager": False,
         "gpu_memory_utilization": 0.9, "tensor_parallel_size": 1, "quantization": None,
-        "kv_cache_dtype": "auto", "ignore_eos": True,
+        "kv_cache_dtype": "auto", "ignore_eos": True, "client_procs": 1,
     }
 
     engine = staticmethod(_vllm)
@@ -315,7 +316,7 @@ class MlxServer(ManagedServer):
     label = "mlx-lm server"
     install_hint = "pip install 'tokbench[mlx,serving]'"
     model_format = "hf"
-    defaults: ClassVar[dict[str, Any]] = {"n_batch": 2048, "ignore_eos": True}
+    defaults: ClassVar[dict[str, Any]] = {"n_batch": 2048, "ignore_eos": True, "client_procs": 1}
 
     engine = staticmethod(_mlx)
 

@@ -16,7 +16,15 @@ import os
 from typing import Any, ClassVar
 
 from backends.base import Backend, EngineMissing, ModelLoadError, PhaseSample
-from backends.openai_client import Endpoint, Prompt, StreamError, run_async, run_load, stream_request
+from backends.openai_client import (
+    Endpoint,
+    Prompt,
+    StreamError,
+    run_async,
+    run_load,
+    run_load_processes,
+    stream_request,
+)
 from backends.prompts import PromptMaker, Tokenizer, open_tokenizer
 
 #: Share of a case's requests whose prompt token count may differ before the case says so.
@@ -45,6 +53,7 @@ class OpenAIBackend(Backend):
         "api_key_env": "OPENAI_API_KEY",
         "tokenizer": None,  # a GGUF or HF directory of the served model: text prompts, counting
         "ignore_eos": True,  # send ignore_eos (and min_tokens where needed): outputs of the asked length
+        "client_procs": 1,  # load-client processes (when one cannot drive the load)
     }
 
     @classmethod
@@ -209,6 +218,9 @@ class OpenAIBackend(Backend):
         if chat and self.tokenizer is None:
             raise ModelLoadError("a chat workload needs the model's tokenizer to make prompts of "
                                  "the asked length: give --tokenizer (a GGUF or HF directory)")
+        if int(load.get("turns") or 1) > 1 and self.tokenizer is None:
+            raise ModelLoadError("a multi-turn workload resends each reply as text, so it needs "
+                                 "text prompts: give --tokenizer (a GGUF or HF directory)")
         overhead = self._chat_overhead() if chat else 0
         return PromptMaker(load, seed, self.tokenizer, overhead, self.nonce)
 
@@ -253,8 +265,10 @@ class OpenAIBackend(Backend):
                                 "ignore_eos alone: min_tokens was sent as well")
 
     def serve_trial(self, load: dict[str, Any], seed: int) -> dict[str, Any]:
-        result = run_async(run_load(self.endpoint(load.get("endpoint") == "chat"), load,
-                                      self.prompts(load, seed), seed))
+        ep, prompts = self.endpoint(load.get("endpoint") == "chat"), self.prompts(load, seed)
+        procs = int(self.params.get("client_procs") or 1)
+        result = (run_load_processes(ep, load, prompts, seed, procs) if procs > 1
+                  else run_async(run_load(ep, load, prompts, seed)))
         ok = [r for r in result.records if r["status"] == "ok"]
         out_tokens = sum(r.get("output_tokens") or 0 for r in ok)
         client = result.client()
@@ -279,7 +293,7 @@ def trial_notes(records: list[dict[str, Any]], client: dict[str, Any]) -> list[s
     """What the figures of a trial need said beside them."""
     ok = [r for r in records if r["status"] == "ok"]
     notes = []
-    off = [r for r in ok if r.get("prompt_tokens") is not None
+    off = [r for r in ok if r.get("prompt_tokens") is not None and r.get("prompt_expected") is not None
            and r["prompt_tokens"] != r["prompt_expected"]]
     if ok and len(off) > PROMPT_MISMATCH_LIMIT * len(ok):
         r = off[0]

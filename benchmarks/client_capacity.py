@@ -3,6 +3,10 @@ client alone against benchmarks/serving_stub.py (a server with a fixed, known to
 beside `vllm bench serve` against the same stub, back to back.
 
     python benchmarks/client_capacity.py --streams 1,64,256,1024 --rounds 3 [--out capacity.json]
+    python benchmarks/client_capacity.py --streams 1024 --client-procs 1,2 --skip-vllm
+
+`--client-procs 1,2` also runs tokbench with its streams spread over 2 client processes
+(`--client-procs 2`), to show what a second process adds when one saturates.
 
 For each number of concurrent streams C, each round runs `tokbench run --backend openai -w
 cC:in32:outO:nN:warm0` and `vllm bench serve --max-concurrency C --num-prompts N` (the order
@@ -85,11 +89,11 @@ def delivery(reqs: list[dict[str, Any]], served: dict[str, dict[str, Any]]) -> d
 
 
 def tokbench_point(url: str, c: int, n: int, out_len: int, args: argparse.Namespace, store: Path,
-                   served: Any) -> dict[str, Any]:
+                   served: Any, procs: int = 1) -> dict[str, Any]:
     subprocess.run([sys.executable, "-m", "harness.cli", "--store", str(store), "run", "--backend",
                     "openai", "--url", url, "-m", "stub", "-w", f"c{c}:in32:out{out_len}:n{n}:warm0",
-                    "--no-bandwidth", "--timeout", "1800"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+                    "--client-procs", str(procs), "--no-bandwidth", "--timeout", "1800"], cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL)
     from harness.common.serving import request_latencies
     from results.store import Store
 
@@ -109,6 +113,7 @@ def tokbench_point(url: str, c: int, n: int, out_len: int, args: argparse.Namesp
             "itl_err_p50": float(np.percentile(itl_err, 50)),
             "itl_err_p99": float(np.percentile(itl_err, 99)),
             "cpu_share": client["cpu_share"], "loop_lag_p99_ms": client["loop_lag_p99_ms"],
+            "processes": client.get("processes", 1),
             **delivery(reqs, served())}
 
 
@@ -132,6 +137,7 @@ def main() -> int:
     ap.add_argument("--itl-ms", type=float, default=5.0)
     ap.add_argument("--output-len", type=int, default=64)
     ap.add_argument("--skip-vllm", action="store_true", help="tokbench's client alone")
+    ap.add_argument("--client-procs", default="1", help="tokbench client processes, e.g. 1,2")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tokbench-capacity-"))
@@ -144,17 +150,21 @@ def main() -> int:
     record = tmp / "stub.jsonl"
     for c in (int(s) for s in args.streams.split(",")):
         n = min(max(32, 4 * c), 4096)
-        point = results.setdefault(str(c), {"tokbench": [], "vllm": []})
+        procs = [int(p) for p in args.client_procs.split(",")]
+        names = [f"tokbench×{p}" if p > 1 else "tokbench" for p in procs]
+        point = results.setdefault(str(c), {**{name: [] for name in names}, "vllm": []})
         for i in range(args.rounds):
-            order = ["tokbench", "vllm"] if i % 2 == 0 else ["vllm", "tokbench"]
+            order = [*names, "vllm"]
+            order = order[i % len(order):] + order[:i % len(order)]  # rotate who goes first
             for who in order:
                 if who == "vllm" and args.skip_vllm:
                     continue
                 stub = start_stub(port, args.ttft_ms, args.itl_ms, record)  # a fresh one per point
                 try:
                     got = (tokbench_point(url, c, n, args.output_len, args, tmp / "results.db",
-                                          lambda stub=stub: stop_stub(stub, record))
-                           if who == "tokbench" else
+                                          lambda stub=stub: stop_stub(stub, record),
+                                          procs[names.index(who)])
+                           if who.startswith("tokbench") else
                            vllm_point(url, c, n, args.output_len, args, tokenizer, tmp / f"v{c}-{i}"))
                 finally:
                     if stub.poll() is None:

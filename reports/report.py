@@ -21,6 +21,7 @@ import pandas as pd
 from reports import comparison as cmp
 from reports.comparison import reference
 from reports.plots import Plot, all_plots
+from reports.serving_plots import has_sweep, load_text, serving_plots, sweep_points, sweep_table
 from reports.tables import RIGHT_ALIGNED, summary_table, to_markdown
 from results.frames import cases_frame
 from results.reference import Device
@@ -35,6 +36,9 @@ class Section:
     table: pd.DataFrame  # display cells
     data: pd.DataFrame  # raw values, for CSV
     right: tuple[str, ...] = ()  # right-aligned display columns
+    plots: list[Plot] = field(default_factory=list)  # figures shown under the table
+    missing_plots: list[str] = field(default_factory=list)  # one line per figure not drawn
+    notes: list[str] = field(default_factory=list)  # one finding per line, listed under the intro
 
 
 @dataclass
@@ -93,14 +97,36 @@ def _measured_section(runs: list[cmp.RunData]) -> Section:
                    "`batch` > 1: tok/s is the aggregate over all sequences.", table, data, RIGHT_ALIGNED)
 
 
-def _serving_section(store: Store, runs: list[cmp.RunData]) -> list[Section]:
+def _serving_frames(store: Store, runs: list[cmp.RunData]) -> dict[str, pd.DataFrame]:
+    """Each run's serving cases (results.frames.serving_frame), with each case's stored load."""
+    from reports.serving_plots import add_load
+    from results.frames import serving_frame
+
+    return {rd.run_id: add_load(serving_frame(store, rd.run_id), store) for rd in runs}
+
+
+def _search_lines(store: Store, runs: list[cmp.RunData]) -> list[str]:
+    """One line per sweep or capacity search: why it stopped, or the capacity it found (re-judged
+    from the stored requests)."""
+    from results.frames import searches
+
+    lines = []
+    for rd in runs:
+        for found in searches(store, rd.run_id):
+            answer = found.get("answer") or found["stop"] or "the search did not finish"
+            lines.append(f"{found['kind']} `{found['search']}` ({found['backend']}, run {rd.run_id}): "
+                         f"{answer}.")
+    return lines
+
+
+def _serving_section(runs: list[cmp.RunData], serving: dict[str, pd.DataFrame],
+                     search_lines: list[str] = ()) -> list[Section]:
     """Serving cases: latencies, throughput and goodput (none when no run has serving cases)."""
     from reports.tables import SERVING_RIGHT, serving_notes, serving_table
-    from results.frames import serving_frame
 
     frames, tables, notes = [], [], []
     for rd in runs:
-        frame = serving_frame(store, rd.run_id)
+        frame = serving[rd.run_id]
         if frame.empty:
             continue
         table = serving_table(frame)
@@ -114,10 +140,44 @@ def _serving_section(store: Store, runs: list[cmp.RunData]) -> list[Section]:
     intro = ("Serving cases, as `vllm bench serve` defines the metrics: TTFT to the first chunk with "
              "generated text, TPOT = (E2EL − TTFT) ÷ (output tokens − 1), ITL = gaps between "
              "chunks, all in ms; p50 with its distribution-free 95% interval (– where the sample "
-             "is too small to bound it); goodput = requests meeting every SLO. " + " ".join(notes))
+             "is too small to bound it); goodput = requests meeting every SLO.")
     data = pd.concat(frames, ignore_index=True).drop(columns=["defaults", "notes", "client"],
                                                       errors="ignore")
-    return [Section("serving", "Serving", intro, pd.concat(tables, ignore_index=True), data, SERVING_RIGHT)]
+    return [Section("serving", "Serving", intro, pd.concat(tables, ignore_index=True), data, SERVING_RIGHT,
+                    notes=list(dict.fromkeys([*search_lines, *notes])))]
+
+
+def _sweep_section(serving: dict[str, pd.DataFrame], published: pd.DataFrame,
+                   curves: dict[str, pd.DataFrame]) -> Section | None:
+    """Latency–throughput over the serving sweeps: None unless a series has two load levels."""
+    frames = [f for f in serving.values() if not f.empty]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not has_sweep(sweep_points(frame)):
+        return None
+    data = sweep_table(frame)
+    ms = lambda x: _num(x, ",.1f")  # noqa: E731
+    table = pd.DataFrame({
+        "series": data["series"],
+        "load": [load_text(k, v) for k, v in zip(data["load_kind"], data["load"], strict=True)],
+        "out tok/s": data["output_tps"].map(_num),
+        "req/s": data["request_rate"].map(lambda x: _num(x, ",.2f")),
+        "TTFT p50": data["ttft_p50"].map(ms), "TTFT p99": data["ttft_p99"].map(ms),
+        "TPOT p50": data["tpot_p50"].map(ms), "TPOT p99": data["tpot_p99"].map(ms),
+        "tok/s per user": data["tps_per_user"].map(_num),
+    })
+    if data["goodput_rate"].notna().any():
+        table["goodput"] = [f"{s:.0%} ({r:.2f} req/s)" if not pd.isna(r) else "–"
+                            for s, r in zip(data["goodput_share"], data["goodput_rate"], strict=True)]
+    table["Pareto"] = data["pareto"].map(lambda p: "yes" if p else "")
+    plots, missing = serving_plots(frame, published, curves)
+    intro = ("Each series is one run, backend, model and workload with its load level (cN, rR) and "
+             "request count (nN, durS, warmN) left out: the points of one sweep, ordered by load. "
+             "Latencies in ms; tok/s per user = 1000 ÷ median TPOT; Pareto: no other load level of the "
+             "series has both more aggregate and more per-user tok/s. Failed cases are left out here "
+             "(the Serving table lists them).")
+    return Section("serving_sweep", "Serving: latency–throughput", intro, table, data,
+                   ("load", "out tok/s", "req/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
+                    "tok/s per user", "goodput"), plots, missing)
 
 
 def _measured_roofline_section(measured: pd.DataFrame) -> Section:
@@ -237,7 +297,9 @@ def build_report(store: Store, refs: list[str], against: str | None = None) -> R
     if resident:
         warnings.append(f"{resident} decode case(s) have weights that fit in the L3 cache: their "
                         "fraction of the DRAM-bandwidth ceiling can exceed 100% and says little")
-    sections = [_measured_section(runs), *_serving_section(store, runs), _measured_roofline_section(measured)]
+    serving = _serving_frames(store, runs)
+    serving_sections = _serving_section(runs, serving, _search_lines(store, runs))
+    sections = [_measured_section(runs), *serving_sections, _measured_roofline_section(measured)]
     empty = pd.DataFrame(columns=["device", "device_key", "model", "engine", "metric", "batch", "claimed_low",
                                   "claimed_high", "ceiling_tps", "quant", "fraction_low", "fraction_high"])
     published, curves = empty, {}
@@ -256,6 +318,9 @@ def build_report(store: Store, refs: list[str], against: str | None = None) -> R
             if f.metric == "aggregate_tps" and catalog.get(f.device):
                 curves[f"{f.model_as_given} on {catalog[f.device].name}"] = cmp.ceiling_curve(
                     f, catalog[f.device], [1, 4, 16, 64, 256, 1024, 4096])
+    sweep = _sweep_section(serving, published, curves)
+    if sweep is not None:
+        sections.insert(1 + len(serving_sections), sweep)
     memory = cmp.memory_table(measured, memory_figures, devices)
     sections += [_memory_section(memory, devices), _devices_section(devices)]
     plots, missing = all_plots(measured, published, memory, curves)
@@ -272,6 +337,34 @@ def build_report(store: Store, refs: list[str], against: str | None = None) -> R
 
 
 # -- writers ------------------------------------------------------------------------------------------
+def _md_figures(plots: list[Plot], missing: list[str], plot_dir: Path | None, link_base: str) -> list[str]:
+    """Markdown for figures: each written to plot_dir as a PNG and linked (nothing without one)."""
+    esc = lambda s: html.escape(s, quote=False)  # noqa: E731
+    lines = []
+    if plot_dir is not None:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        for p in plots:
+            (plot_dir / f"{p.key}.png").write_bytes(p.png)
+            lines += [f"### {p.title}", "", esc(p.caption), "", f"![{p.title}]({link_base}{p.key}.png)", ""]
+    return lines + [f"- not drawn: {esc(m)}" for m in missing]
+
+
+def _html_figures(plots: list[Plot], missing: list[str]) -> list[str]:
+    """HTML for figures: each embedded as a data URI."""
+    e = html.escape
+    parts = []
+    for p in plots:
+        data = base64.b64encode(p.png).decode()
+        parts.append(f'<figure><img alt="{e(p.title)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption><b>{e(p.title)}</b>. {e(p.caption)}</figcaption></figure>")
+    if missing:
+        parts += ["<ul>", *[f"<li>not drawn: {e(m)}</li>" for m in missing], "</ul>"]
+    return parts
+
+
+_NO_PLOT_DIR = "_Plots are written with `-o FILE.md` (beside it) and embedded in `--format html`._"
+
+
 def to_markdown_text(report: Report, plot_dir: Path | None = None, link_base: str = "") -> str:
     """GitHub Markdown. With plot_dir, the plots are written there as PNGs and linked."""
     esc = lambda s: html.escape(s, quote=False)  # noqa: E731
@@ -281,17 +374,19 @@ def to_markdown_text(report: Report, plot_dir: Path | None = None, link_base: st
         lines += [f"> ⚠ {esc(w)}  " for w in report.warnings] + [""]
     for s in report.sections:
         lines += [f"## {s.title}", "", esc(s.intro), ""]
+        if s.notes:
+            lines += [f"- {esc(n)}" for n in s.notes] + [""]
         if not s.table.empty:
             lines += [to_markdown(s.table, right=s.right)]
+        if s.plots and plot_dir is None:
+            lines += [_NO_PLOT_DIR, ""]
+        if s.plots or s.missing_plots:
+            lines += _md_figures(s.plots, s.missing_plots, plot_dir, link_base)
+            lines += [""] if lines[-1] else []
     lines += ["## Plots", ""]
     if plot_dir is None:
-        lines += ["_Plots are written with `-o FILE.md` (beside it) and embedded in `--format html`._", ""]
-    else:
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        for p in report.plots:
-            (plot_dir / f"{p.key}.png").write_bytes(p.png)
-            lines += [f"### {p.title}", "", esc(p.caption), "", f"![{p.title}]({link_base}{p.key}.png)", ""]
-    lines += [f"- not drawn: {esc(m)}" for m in report.missing_plots]
+        lines += [_NO_PLOT_DIR, ""]
+    lines += _md_figures(report.plots, report.missing_plots, plot_dir, link_base)
     if report.sources:
         lines += ["", "## Sources", ""] + [f"- {esc(t)}: {esc(u)}" for t, u in report.sources]
     return "\n".join(lines) + "\n"
@@ -314,15 +409,13 @@ def to_html(report: Report) -> str:
         parts += ['<div class="warn"><ul>', *[f"<li>⚠ {e(w)}</li>" for w in report.warnings], "</ul></div>"]
     for s in report.sections:
         parts += [f"<h2>{e(s.title)}</h2>", f"<p>{e(s.intro)}</p>"]
+        if s.notes:
+            parts += ["<ul>", *[f"<li>{e(n)}</li>" for n in s.notes], "</ul>"]
         if not s.table.empty:
             parts.append(s.table.to_html(index=False, escape=True, border=0, na_rep="–"))
+        parts += _html_figures(s.plots, s.missing_plots)
     parts.append("<h2>Plots</h2>")
-    for p in report.plots:
-        data = base64.b64encode(p.png).decode()
-        parts.append(f'<figure><img alt="{e(p.title)}" src="data:image/png;base64,{data}">'
-                     f"<figcaption><b>{e(p.title)}</b>. {e(p.caption)}</figcaption></figure>")
-    if report.missing_plots:
-        parts += ["<ul>", *[f"<li>not drawn: {e(m)}</li>" for m in report.missing_plots], "</ul>"]
+    parts += _html_figures(report.plots, report.missing_plots)
     if report.sources:
         parts += ["<h2>Sources</h2><ul>", *[f"<li>{e(t)}: {e(u)}</li>" for t, u in report.sources], "</ul>"]
     parts.append("</body></html>")

@@ -186,8 +186,79 @@ def serving_notes(frame: pd.DataFrame) -> list[str]:
     for i, row in enumerate(frame.itertuples(index=False), start=1):
         for note in row.notes or []:
             lines.append(f"{row.workload} ({row.backend}): {note}")
+        server = getattr(row, "server", None)
+        if isinstance(server, dict) and server.get("n"):
+            src, s = ", ".join(server["source"]), server
+            lines.append(
+                f"{row.workload} ({row.backend}): the server's own timings ({src}, {s['n']} "
+                f"requests): prompt {s['prompt_ms_p50']:.1f} ms, decode {s['decode_ms_p50']:.1f} ms "
+                f"(p50); the client saw {s['ttft_overhead_ms_p50']:.1f} ms more to the first token "
+                f"and {s['e2el_overhead_ms_p50']:.1f} ms more end to end (HTTP, queueing, streaming)")
         slo = getattr(row, "goodput_slo", None)
         if i == 1 and isinstance(slo, dict) and slo:
             lines.append("goodput: requests meeting every SLO (" +
                          ", ".join(f"{k} ≤ {v:g} ms" for k, v in slo.items()) + ")")
     return lines
+
+
+TURN_RIGHT = ("turn", "requests", "TTFT p50 [95% CI]", "prompt tokens", "cached tokens", "cache hits")
+
+
+def _tokens(n: float | None) -> str:
+    return "–" if n is None or pd.isna(n) else f"{n:.0f}"
+
+
+def turn_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Multi-turn cases, one row per turn: what a longer history costs in TTFT, and what the
+    server's prefix cache saves where it states its cached tokens."""
+    rows = []
+    for row in frame.itertuples(index=False):
+        for t in getattr(row, "turns", None) or []:
+            cached = t["cached_tokens_p50"]
+            rows.append({"backend": row.backend, "workload": row.workload, "turn": t["turn"] + 1,
+                         "requests": t["n"],
+                         "TTFT p50 [95% CI]": _ms(t["ttft_p50"], t["ttft_p50_low"], t["ttft_p50_high"]),
+                         "prompt tokens": _tokens(t["prompt_tokens_p50"]),
+                         "cached tokens": "not stated" if cached is None else _tokens(cached),
+                         "cache hits": "–" if t["cache_hit_share"] is None
+                         else f"{t['cache_hit_share']:.0%}"})
+    return pd.DataFrame(rows)
+
+
+SEARCH_RIGHT = ("level", "requests", "out tok/s", "req/s", "TTFT p50", "TTFT p99", "TPOT p50",
+                "TPOT p99", "goodput")
+
+
+def search_table(found: dict) -> pd.DataFrame:
+    """One row per step of a sweep or capacity search (results.frames.searches), in the order
+    measured; a capacity search adds each level's verdict, all its steps pooled."""
+    steps = found["steps"]
+    out = pd.DataFrame({
+        "step": [d["step"] + 1 for d in steps["sweep"]],
+        "level": [f"{d['level']:g}" for d in steps["sweep"]],
+        "workload": steps["workload"],
+        "requests": [f"{int(c)}/{int(n)}" for c, n in zip(steps["completed"], steps["requests"],
+                                                         strict=True)],
+        "out tok/s": [f"{v:.1f}" for v in steps["output_tps"]],
+        "req/s": [f"{v:.2f}" for v in steps["request_rate"]],
+    })
+    for metric, title in (("ttft", "TTFT"), ("tpot", "TPOT")):
+        for p in (50, 99):
+            name = f"{metric}_p{p}"
+            out[f"{title} p{p}"] = steps[name].map(_ms) if name in steps else "–"
+    cap = found.get("capacity")
+    if cap is not None:
+        first = steps["sweep"].iloc[0]
+        verdicts = {j.level: j for j in cap.judgements}
+        out["goodput"] = [f"{s:.0%}" if not pd.isna(s) else "–" for s in steps.get("goodput_share", [])]
+        out[f"p{first['percentile']:g} verdict (level pooled)"] = [
+            _verdict(verdicts.get(d["level"])) for d in steps["sweep"]]
+    return out
+
+
+def _verdict(j: object) -> str:
+    if j is None:
+        return "–"
+    word = {"pass": "meets (sure)", "fail": "misses (sure)"}.get(j.sure) or (
+        "meets (unsure)" if j.meets else "misses (unsure)")
+    return f"{word}, n={j.n}"

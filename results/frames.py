@@ -6,15 +6,18 @@ went wrong silently disappears from a table or a report.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
-from harness.common import serving
+from harness.common import capacity, serving
 from harness.common.stats import rates, summarize
 from results.schema import CASE_FIELDS, REQUEST_FIELDS, STAT_FIELDS, TRIAL_FIELDS, names
 from results.store import Store
 
 _CASE_COLUMNS = [n for n in names(CASE_FIELDS)
-                 if n not in ("params", "param_defaults", "engine", "memory", "load", "client", "notes")]
+                 if n not in ("params", "param_defaults", "engine", "memory", "load", "client", "notes",
+                                  "sweep")]
 #: The phase a serving trial stores: output tokens over the trial's wall time.
 SERVING_PHASE = "out"
 
@@ -96,6 +99,9 @@ def serving_frame(store: Store, run_id: str, slo: dict[str, float] | None = None
         row["defaults"] = case.get("param_defaults") or {}
         row["notes"] = case.get("notes") or []
         row["client"] = case.get("client") or {}
+        row["sweep"] = case.get("sweep")
+        row["concurrency"] = case["load"].get("concurrency")
+        row["rate"] = case["load"].get("rate")
         for key, value in summary.items():
             if key in serving.LATENCIES:
                 row.update({f"{key}_{k}": v for k, v in value.items()})
@@ -105,3 +111,36 @@ def serving_frame(store: Store, run_id: str, slo: dict[str, float] | None = None
                 row[key] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def searches(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The run's searched loads (sweep:…, capacity:…): for each, its steps (serving_frame rows in
+    order), why it ended, and for a capacity search the answer, re-judged from the stored
+    requests by the rules that chose its steps."""
+    frame = serving_frame(store, run_id)
+    if frame.empty or frame["sweep"].isna().all():
+        return []
+    frame = frame[frame["sweep"].notna()]
+    requests = store.requests(run_id)
+    trials = trials_frame(store, run_id)
+    out = []
+    for search_id in dict.fromkeys(d["id"] for d in frame["sweep"]):
+        steps = frame[frame["sweep"].map(lambda d, i=search_id: d["id"] == i)]
+        docs = list(steps["sweep"])
+        first, last = docs[0], docs[-1]
+        entry: dict[str, Any] = {"id": search_id, "kind": first["kind"], "search": first["search"],
+                                 "backend": steps["backend"].iloc[0], "model": steps["model"].iloc[0],
+                                 "steps": steps.reset_index(drop=True), "stop": last.get("stop"),
+                                 "capacity": None}
+        if first["kind"] == "capacity":
+            points = []
+            for case_id, doc in zip(steps["case_id"], docs, strict=True):
+                wall = trials[(trials["case_id"] == case_id) & (trials["phase"] == SERVING_PHASE)]
+                points.append(capacity.Point(doc["level"], [r for r in requests if r["case_id"] == case_id],
+                                             float(wall["duration_ns"].sum()) / 1e9, doc["step"]))
+            cap = capacity.capacity(points, first["slo"], first["percentile"], first["confidence"],
+                                    first["by"], first["max_level"])
+            entry["capacity"] = cap
+            entry["answer"] = capacity.describe(cap, first["by"], first["percentile"], first["slo"])
+        out.append(entry)
+    return out

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 4  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
-# v4: serving cases (cases.load, cases.client, cases.notes, the requests table)
+SCHEMA_VERSION = 5  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
+# v4: serving cases (cases.load, cases.client, cases.notes, the requests table); v5: cases.sweep,
+# requests.conversation/turn/client_process/server_timings
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ CASE_FIELDS = (
                             "not the server, was the bottleneck (JSON)"),
     Field("notes", "TEXT", "warnings about the case's figures (short outputs, prompt lengths off, "
                            "client-bound, tokens counted by tokenizer…) (JSON list)"),
+    Field("sweep", "TEXT", "a point of a sweep or capacity search: its search id, kind (sweep | "
+                           "capacity), step, load level, and the rule that chose or ended it (JSON); "
+                           "NULL for a case of a fixed grid"),
 )
 
 TRIAL_FIELDS = (
@@ -109,6 +113,13 @@ REQUEST_FIELDS = (
     Field("cached_tokens", "INTEGER", "prompt tokens the server served from its prefix cache, "
                                       "where it states them"),
     Field("counted_by", "TEXT", "usage (the server's) or tokenizer: where the token counts come from"),
+    Field("conversation", "INTEGER", "multi-turn loads: the conversation the request belongs to"),
+    Field("turn", "INTEGER", "multi-turn loads: the turn within its conversation, from 0 (its prompt "
+                             "carries every earlier turn)"),
+    Field("client_process", "INTEGER", "the load-client process that sent it, from 0"),
+    Field("server_timings", "TEXT", "the server's own account of the request where it gives one "
+                                    "(llama-server `timings`, Ollama's durations): prompt_ms, "
+                                    "decode_ms, cache_n… and its source (JSON)"),
 )
 
 #: Derived per (case, phase) statistics, computed by harness.common.stats from the stored trials.

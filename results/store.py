@@ -23,7 +23,7 @@ from results.schema import (
 )
 
 _JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns",
-                 "load", "client", "notes", "chunk_ns"}
+                 "load", "client", "notes", "chunk_ns", "sweep", "server_timings"}
 
 
 def default_path() -> Path:
@@ -85,7 +85,8 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Forward migration for fields added since a store was created (nullable columns)."""
-        for table, fields in (("runs", RUN_FIELDS), ("cases", CASE_FIELDS), ("trials", TRIAL_FIELDS)):
+        for table, fields in (("runs", RUN_FIELDS), ("cases", CASE_FIELDS), ("trials", TRIAL_FIELDS),
+                              ("requests", REQUEST_FIELDS)):
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
             for f in fields:
                 if f.name not in have:
@@ -194,19 +195,25 @@ class Store:
         ).fetchall()
         return [_decode(r) for r in rows]
 
-    def _case_rows(self, table: str, run_id: str, order: str) -> list[dict[str, Any]]:
-        """Rows of a per-case table (trials, requests) for one run, in case order, then `order`."""
+    def case(self, case_id: int) -> dict[str, Any]:
+        return _decode(self.db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone())
+
+    def _case_rows(self, table: str, run_id: str, order: str, case_id: int | None = None
+                   ) -> list[dict[str, Any]]:
+        """Rows of a per-case table (trials, requests) for one run (or one of its cases), in case
+        order, then `order`."""
+        where, args = ("c.run_id = ?", (run_id,)) if case_id is None else ("c.case_id = ?", (case_id,))
         rows = self.db.execute(
             f"SELECT x.* FROM {table} x JOIN cases c ON c.case_id = x.case_id "
-            f"WHERE c.run_id = ? ORDER BY c.case_index, {order}", (run_id,)
+            f"WHERE {where} ORDER BY c.case_index, {order}", args
         ).fetchall()
         return [_decode(r) for r in rows]
 
-    def trials(self, run_id: str) -> list[dict[str, Any]]:
-        return self._case_rows("trials", run_id, "x.trial, x.rowid")
+    def trials(self, run_id: str, case_id: int | None = None) -> list[dict[str, Any]]:
+        return self._case_rows("trials", run_id, "x.trial, x.rowid", case_id)
 
-    def requests(self, run_id: str) -> list[dict[str, Any]]:
-        return self._case_rows("requests", run_id, "x.trial, x.request")
+    def requests(self, run_id: str, case_id: int | None = None) -> list[dict[str, Any]]:
+        return self._case_rows("requests", run_id, "x.trial, x.request", case_id)
 
     def run_state(self, run: dict[str, Any]) -> str:
         """The run's status, telling a live run from one whose runner died."""

@@ -64,3 +64,36 @@ def test_bad_serving_syntax_is_a_clear_error(text: str) -> None:
     with pytest.raises(TokbenchError, match="workload") as err:
         parse_workload(text)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["sweep:in128:out32", "sweep:in128:out32:n40:max64",
+                                  "capacity:in512:out128:p99", "capacity:in64:out8:chat:n30:max8:p90:rate",
+                                  "capacity:in16:out4:p95:conf90:rep1", "c4:in64:out16:chat:turns3"])
+def test_search_and_turn_names_round_trip(text: str) -> None:
+    wl = parse_workload(text)
+    assert wl.name == text and parse_workload(wl.name) == wl
+
+
+def test_search_steps() -> None:
+    sweep = parse_workload("sweep:in128:out32:max64")
+    assert sweep.search and sweep.kind == "sweep" and sweep.max_level == 64
+    assert sweep.n_prompt == 128 and sweep.n_ctx == 160  # the worker is sized by the template
+    # each step's count: the run's --requests, at least 4 per stream
+    step = sweep.with_requests(50).step(32)
+    assert (step.concurrency, step.requests, step.name) == (32, 128, "c32:in128:out32:n128")
+    assert sweep.with_requests(50).step(2).requests == 50
+    cap = parse_workload("capacity:in16:out4:n30:rate:p90")
+    assert (cap.by, cap.percentile, cap.confidence, cap.repeats) == ("rate", 90.0, 0.95, 2)
+    step = cap.step(2.5, min_requests=29)
+    assert (step.rate, step.concurrency, step.requests) == (2.5, None, 30)  # nN as written
+    turns = parse_workload("c2:in16:out4:turns3")
+    assert turns.turns == 3 and turns.load_doc()["turns"] == 3
+
+
+@pytest.mark.parametrize("text", ["sweep:c4:in8:out8", "sweep:in8:out8:dur10s", "capacity:in8:out8:p100",
+                                  "capacity:in8:out8:conf40", "sweep:in8:out8:p99", "sweep:in8",
+                                  "c2:in8:out8:turns0"])
+def test_bad_search_syntax_is_a_clear_error(text: str) -> None:
+    with pytest.raises(TokbenchError, match="workload") as err:
+        parse_workload(text)
+    assert "\n" not in str(err.value)

@@ -62,6 +62,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     table = summary_table(cases_frame(store, outcome.run_id))
     console.print(to_rich(table, title=f"run {outcome.run_id}"))
     print_serving(store, outcome.run_id, console)
+    print_searches(store, outcome.run_id, console)
     console.print(f"stored in {store.path}")
     if args.output:
         Path(args.output).write_text(write_json(store, outcome.run_id))
@@ -154,12 +155,13 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
                       "finished trials of the others are shown[/yellow]")
     console.print(to_rich(summary_table(cases_frame(store, run_id))))
     print_serving(store, run_id, console)
+    print_searches(store, run_id, console)
     return EXIT_OK
 
 
 def print_serving(store: Any, run_id: str, console: Console) -> None:
     """The serving cases' latency table and their notes (nothing for a run without them)."""
-    from reports.tables import serving_notes, serving_table, to_rich
+    from reports.tables import serving_notes, serving_table, to_rich, turn_table
     from results.frames import serving_frame
 
     frame = serving_frame(store, run_id)
@@ -167,8 +169,46 @@ def print_serving(store: Any, run_id: str, console: Console) -> None:
         return
     console.print(to_rich(serving_table(frame), title="serving (latencies in ms; t/s above is "
                                                       "output tok/s per trial)"))
+    turns = turn_table(frame)
+    if not turns.empty:
+        console.print(to_rich(turns, title="multi-turn: per turn (each prompt carries the history)"))
     for line in serving_notes(frame):
         console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+
+
+def print_searches(store: Any, run_id: str, console: Console) -> None:
+    """Each sweep or capacity search: its steps, and why it ended or what it found."""
+    from rich.markup import escape
+
+    from reports.tables import search_table, to_rich
+    from results.frames import searches
+
+    for found in searches(store, run_id):
+        title = f"{found['search']} · {found['backend']} · {found['model']}"
+        console.print(to_rich(search_table(found), title=escape(title)))
+        line = found.get("answer") or found["stop"] or "the search did not finish"
+        console.print(f"[bold]{found['kind']}:[/bold] {escape(line)}", highlight=False)
+
+
+def cmd_capacity(args: argparse.Namespace, console: Console) -> int:
+    """`run` with each workload turned into a capacity search."""
+    if args.suite:
+        raise TokbenchError("capacity takes the grid options (--backend, -m, -w), not a suite "
+                            "file: write capacity:… workloads in the suite and use `tokbench run`")
+    extra = [f"max{args.max:g}"] if args.max else []
+    extra += [f"p{args.percentile:g}", *(["rate"] if args.by == "rate" else []),
+              f"conf{args.confidence * 100:g}", f"rep{args.repeats}"]
+    loads = []
+    for w in (w.strip() for w in args.workloads.split(",") if w.strip()):
+        head = w.split(":")[0]
+        if w.startswith(("capacity:", "sweep:")) or (head[:1] in ("c", "r") and head[1:2].isdigit()):
+            raise TokbenchError(f"capacity -w {w!r}: give the request shape only, e.g. "
+                                "in512:out128 (the search finds the load)")
+        loads.append(":".join(["capacity", w, *extra]))
+    args.workloads = ",".join(loads)
+    if not args.slo:
+        raise TokbenchError("capacity needs --slo, e.g. --slo ttft=500ms,tpot=50ms")
+    return cmd_run(args, console)
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
@@ -217,6 +257,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_grid_options(run, f"trials per case (default {DEFAULT_REPETITIONS})",
                      f"seconds per case, its model load included (default {DEFAULT_TIMEOUT_S:g})")
     run.set_defaults(func=cmd_run)
+
+    cap = sub.add_parser("capacity", help="the highest load that meets an SLO, e.g. -w in512:out128 "
+                                          "--slo ttft=500ms,tpot=50ms")
+    add_grid_options(cap, "trials per step (default 1)",
+                     f"seconds per step, its model load included (default {DEFAULT_TIMEOUT_S:g})")
+    cap.set_defaults(workloads="in512:out128")
+    cap.add_argument("--by", choices=("concurrency", "rate"), default="concurrency",
+                     help="search over streams in flight (default) or requests/s")
+    cap.add_argument("--percentile", type=float, default=99.0,
+                     help="the latency percentile the SLO holds at (default 99)")
+    cap.add_argument("--confidence", type=float, default=0.95,
+                     help="one-sided confidence of the percentile's bound (default 0.95)")
+    cap.add_argument("--repeats", type=int, default=2,
+                     help="extra measurements of each level beside the boundary while undecided")
+    cap.add_argument("--max", type=float, help="highest level to try (default 1024)")
+    cap.set_defaults(func=cmd_capacity)
 
     prof = sub.add_parser("profile", help="show this machine's hardware profile")
     prof.add_argument("--json", action="store_true", help="print JSON")

@@ -47,6 +47,10 @@ class ProgressHooks(Hooks):
         self.progress.start()
         self.task = self.progress.add_task(f"run {run_id}", total=n_cases)
 
+    def steps_added(self, n: int) -> None:
+        task = next(t for t in self.progress.tasks if t.id == self.task)
+        self.progress.update(self.task, total=(task.total or 0) + n)
+
     def case_started(self, index: int, case: Any) -> None:
         self.label = case.label()
         self.progress.update(self.task, description=self.label)

@@ -157,11 +157,18 @@ def summarize(records: Sequence[dict[str, Any]], wall_s: float, slo: dict[str, f
         "counted_by": sorted({r.get("counted_by") for r in ok if r.get("counted_by")}),
         "short": sum(1 for r in ok if (r.get("output_tokens") or 0) < (r.get("output_expected") or 0)),
         "prompt_mismatch": sum(1 for r in ok if r.get("prompt_tokens") is not None
+                               and r.get("prompt_expected") is not None
                                and r.get("prompt_tokens") != r.get("prompt_expected")),
+        "client_processes": len({r.get("client_process") or 0 for r in records}) if records else 0,
         "errors": _error_counts(failed),
     }
     for metric in LATENCIES:
         out[metric] = distribution(metric_samples(ok, metric), intervals=metric != "itl")
+    if any(r.get("turn") is not None for r in ok):
+        out["turns"] = turn_summary(ok)
+    timed = [r for r in ok if r.get("server_timings")]
+    if timed:
+        out["server"] = server_overhead(timed)
     if slo:
         good = sum(1 for r in ok if meets_slo(r, slo))
         out["goodput"] = {"slo": slo, "met": good, "share": good / judged if judged else math.nan,
@@ -175,3 +182,43 @@ def _error_counts(failed: Sequence[dict[str, Any]]) -> dict[str, int]:
         key = str(r.get("error") or "unknown")[:160]
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if len(values) else math.nan
+
+
+def turn_summary(ok: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per turn of a multi-turn load: requests, median TTFT with its interval, and the prompt
+    tokens the server says it served from its prefix cache (None where it does not say)."""
+    out = []
+    for turn in sorted({r["turn"] for r in ok if r.get("turn") is not None}):
+        mine = [r for r in ok if r.get("turn") == turn]
+        ttft = [r["ttft_ns"] / 1e6 for r in mine if r.get("ttft_ns") is not None]
+        stated = [r for r in mine if r.get("cached_tokens") is not None]
+        prompt = [r["prompt_tokens"] for r in mine if r.get("prompt_tokens") is not None]
+        low, high = quantile_interval(ttft, 0.5)
+        out.append({
+            "turn": turn, "n": len(mine), "ttft_p50": _median(ttft), "ttft_p50_low": low,
+            "ttft_p50_high": high, "prompt_tokens_p50": _median(prompt),
+            "cached_tokens_p50": _median([r["cached_tokens"] for r in stated]) if stated else None,
+            "cache_hit_share": (sum(r["cached_tokens"] for r in stated)
+                                / max(1, sum(r.get("prompt_tokens") or 0 for r in stated))
+                                if stated else None),
+        })
+    return out
+
+
+def server_overhead(timed: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The server's own account beside the client's: its prompt and decode times, and what the
+    client saw on top (HTTP, queueing, streaming): TTFT − prompt time, E2EL − (prompt + decode)."""
+    prompt = [r["server_timings"]["prompt_ms"] for r in timed if "prompt_ms" in r["server_timings"]]
+    decode = [r["server_timings"]["decode_ms"] for r in timed if "decode_ms" in r["server_timings"]]
+    ttft_over = [r["ttft_ns"] / 1e6 - r["server_timings"]["prompt_ms"] for r in timed
+                 if "prompt_ms" in r["server_timings"]]
+    e2el_over = [r["e2el_ns"] / 1e6 - r["server_timings"]["prompt_ms"] - r["server_timings"]["decode_ms"]
+                 for r in timed if {"prompt_ms", "decode_ms"} <= r["server_timings"].keys()]
+    return {"source": sorted({r["server_timings"].get("source", "?") for r in timed}),
+            "n": len(timed), "prompt_ms_p50": _median(prompt), "decode_ms_p50": _median(decode),
+            "ttft_overhead_ms_p50": _median(ttft_over), "e2el_overhead_ms_p50": _median(e2el_over),
+            "load_ms_max": max((r["server_timings"].get("load_ms") or 0.0 for r in timed), default=0.0)}

@@ -36,6 +36,8 @@ class Hooks:
     """Progress callbacks; the CLI draws a progress bar with them, tests observe workers."""
 
     def run_started(self, run_id: str, n_cases: int) -> None: ...
+    def steps_added(self, n: int) -> None:
+        """A searched load (sweep, capacity) chose n more cases to run."""
     def case_started(self, index: int, case: Any) -> None: ...
     def worker_started(self, index: int, pid: int) -> None:
         """The worker that serves case `index` (a reused one is announced again)."""

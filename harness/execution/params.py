@@ -128,6 +128,8 @@ PARAMS: dict[str, Param] = {
               reloads_model=True),
         Param("parallel", ("-np", "--parallel"), int, "llama-server slots (requests decoded "
               "together)", minimum=1, reloads_model=True),
+        Param("client_procs", ("--client-procs",), int, "load-client processes the streams are "
+              "spread over (when one process cannot drive the load)", minimum=1),
     )
 }
 

@@ -22,6 +22,7 @@ import harness
 from backends.registry import load_class, spec_for
 from harness.execution.engines import probe_engines
 from harness.execution.lifecycle import CaseResult, Hooks, Workers, WorkerSession
+from harness.execution.searches import SearchPlan
 from harness.execution.suite import Case, Suite, load_key
 from harness.hardware import profile as hardware
 from harness.models import sources as models
@@ -78,10 +79,13 @@ class Runner:
         engines = probe_engines(self.workers, dict.fromkeys(c.backend for c in suite.cases))
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=engines)
         run_id = start_run(self.store, command, profile)
-        case_ids = [add_pending_case(self.store, run_id, index, case, resolved[index],
+        self.run_id, self.engines, self.next_index = run_id, engines, len(suite.cases)
+        # a searched load's steps are recorded as they are chosen
+        case_ids = [-1 if case.workload.search else
+                    add_pending_case(self.store, run_id, index, case, resolved[index],
                                      suite.repetitions, engines[case.backend], slo=suite.slo)
                     for index, case in enumerate(suite.cases)]
-        self.hooks.run_started(run_id, len(suite.cases))
+        self.hooks.run_started(run_id, sum(not c.workload.search for c in suite.cases))
         outcome = RunOutcome(run_id, "complete")
         try:
             with final_status(self.store, outcome):
@@ -107,9 +111,12 @@ class Runner:
             try:
                 while pending and not session.dead:
                     i = pending.pop(0)
-                    self.hooks.case_started(i, cases[i])
-                    result = self._serve(session, i, case_ids[i])
-                    finish_case(outcome, self.hooks, i, cases[i].label(), result)
+                    if cases[i].workload.search:  # its steps are finished as they run
+                        result = self._search(session, i, resolved[i], outcome)
+                    else:
+                        self.hooks.case_started(i, cases[i])
+                        result = self._serve(session, i, case_ids[i], cases[i])
+                        finish_case(outcome, self.hooks, i, cases[i].label(), result)
                     if result.status != "ok" and session.model is None:  # the model did not load
                         for j in pending:
                             skip_case(self.store, self.hooks, outcome, j, cases[j], case_ids[j],
@@ -119,10 +126,39 @@ class Runner:
             finally:
                 session.close()
 
-    def _serve(self, session: WorkerSession, i: int, case_id: int) -> CaseResult:
+    def _search(self, session: WorkerSession, i: int, model: models.ResolvedModel,
+                outcome: RunOutcome) -> CaseResult:
+        """Measure a searched load step by step, each step an ordinary serving case recorded when
+        it is chosen; the last step records why the search ended."""
+        suite, case = self.suite, self.suite.cases[i]
+        plan = SearchPlan(case.workload, suite.slo)
+        result, case_id = CaseResult("ok"), None
+        while (chosen := plan.next_load()) is not None:
+            level, load = chosen
+            step = Case(case.backend, case.model, load, case.params)
+            index, self.next_index = self.next_index, self.next_index + 1
+            case_id = add_pending_case(self.store, self.run_id, index, step, model, suite.repetitions,
+                                       self.engines[case.backend], slo=suite.slo,
+                                       sweep=plan.doc(f"{self.run_id}/{i}", level))
+            self.hooks.steps_added(1)
+            self.hooks.case_started(index, step)
+            result = self._serve(session, index, case_id, step)
+            finish_case(outcome, self.hooks, index, step.label(), result)
+            if result.status != "ok":
+                plan.stop(f"step {index + 1} ({load.name}) failed: {result.error}")
+                break
+            trials = self.store.trials(self.run_id, case_id)
+            plan.observe(level, load, self.store.requests(self.run_id, case_id),
+                         sum(t["duration_ns"] for t in trials) / 1e9)
+        if case_id is not None:  # the last step says why the search ended
+            doc = self.store.case(case_id)["sweep"]
+            self.store.update_case(case_id, sweep={**doc, "stop": plan.reason})
+        return result
+
+    def _serve(self, session: WorkerSession, i: int, case_id: int, case: Case) -> CaseResult:
         suite = self.suite
         try:
-            if session.begin(case_id, i, case_request(suite.cases[i], suite.seed + i, suite.warmup),
+            if session.begin(case_id, i, case_request(case, suite.seed + i, suite.warmup),
                              suite.repetitions):
                 session.block(suite.repetitions)
         except KeyboardInterrupt:

@@ -44,13 +44,16 @@ class Case:
         return f"{self.backend} {Path(self.model).name} {self.workload.name} {shown}".strip()
 
 
+_CLIENT_SIDE = ("ignore_eos", "client_procs")  # what the load client does: no server restart
+
+
 def load_key(case: Case) -> tuple[Any, ...]:
     """What one loaded model serves: backend, model and every parameter that reloads it (for a
     server tokbench starts, every engine parameter: the server is started with them)."""
     restart_all = load_class(spec_for(case.backend)).serving
     return (case.backend, case.model,
             tuple((k, v) for k, v in case.params
-                  if PARAMS[k].reloads_model or (restart_all and k != "ignore_eos")))
+                  if PARAMS[k].reloads_model or (restart_all and k not in _CLIENT_SIDE)))
 
 
 def reuse_order(cases: list[Case]) -> list[Case]:
@@ -75,6 +78,11 @@ class Suite:
     slo: dict[str, float] = field(default_factory=dict)  # ms; goodput is judged against them
 
     def __post_init__(self) -> None:
+        search = next((c.workload for c in self.cases if getattr(c.workload, "kind", "") == "capacity"),
+                      None)
+        if search is not None and not self.slo:
+            raise TokbenchError(f"workload {search.name} searches for the load that meets an SLO: "
+                                "give one, e.g. --slo ttft=500ms,tpot=50ms")
         self.cases = reuse_order([
             Case(c.backend, c.model, c.workload.with_requests(self.requests), c.params)
             if c.workload.serving else c for c in self.cases])
