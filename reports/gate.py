@@ -19,7 +19,7 @@ from reports import tables
 FORMAT = "tokbench-gate"
 VERSION = 1
 _ICONS = {REGRESSION: "❌", IMPROVED: "🚀", PASS: "✅", INCONCLUSIVE: "❔", ERROR: "💥"}
-_COLUMNS = ("case", "metric", "baseline", "current", "change [95% CI]", "U p", "robust CV",
+_COLUMNS = ("case", "metric", "baseline", "current", "change [95% CI]", "test p", "robust CV",
             "threshold", "verdict")
 
 
@@ -46,7 +46,7 @@ def rows(report: GateReport) -> list[dict[str, str]]:
         c = e.comparison
         unit = e.metric.unit
         if c is None:
-            cells = {"baseline": "–", "current": "–", "change [95% CI]": "–", "U p": "–",
+            cells = {"baseline": "–", "current": "–", "change [95% CI]": "–", "test p": "–",
                      "robust CV": "–", "threshold": f"{e.thresholds.fail:.1%}"}
         else:
             p = c.p_slower if c.ratio < 1 else c.p_faster
@@ -55,7 +55,7 @@ def rows(report: GateReport) -> list[dict[str, str]]:
                 "current": f"{_num(c.median_current, '.2f')} {unit} (n={c.n_current})",
                 "change [95% CI]": f"{_num(c.ratio - 1, '+.1%')} "
                                    f"[{_num(c.ci_low - 1, '+.1%')}, {_num(c.ci_high - 1, '+.1%')}]",
-                "U p": _num(p, ".2g"),
+                "test p": f"{_num(p, '.2g')} ({'Wilcoxon' if c.paired else 'U'})",
                 "robust CV": f"{_num(c.cv_baseline, '.1%')} / {_num(c.cv_current, '.1%')}",
                 "threshold": f"{c.threshold:.1%}",
             }

@@ -234,7 +234,9 @@ def all_plots(measured: pd.DataFrame, published: pd.DataFrame, memory: pd.DataFr
     ]
     plots, missing = [], []
     for key, title, caption, draw, why in specs:
-        png = draw()
+        # data strings are text, never TeX or mathtext: a `$` in a model name stays a `$`
+        with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}):
+            png = draw()
         if png is None:
             missing.append(f"{title}: {why}")
         else:

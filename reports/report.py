@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.common.files import write_output
 from reports import comparison as cmp
 from reports.comparison import reference
 from reports.plots import Plot, all_plots
 from reports.serving_plots import has_sweep, load_text, serving_plots, sweep_points, sweep_table
 from reports.tables import RIGHT_ALIGNED, summary_table, to_markdown
+from results.export import csv_text
 from results.frames import cases_frame
 from results.reference import Device
 from results.store import Store
@@ -344,7 +346,7 @@ def _md_figures(plots: list[Plot], missing: list[str], plot_dir: Path | None, li
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
         for p in plots:
-            (plot_dir / f"{p.key}.png").write_bytes(p.png)
+            write_output(plot_dir / f"{p.key}.png", p.png)
             lines += [f"### {p.title}", "", esc(p.caption), "", f"![{p.title}]({link_base}{p.key}.png)", ""]
     return lines + [f"- not drawn: {esc(m)}" for m in missing]
 
@@ -423,8 +425,9 @@ def to_html(report: Report) -> str:
 
 
 def to_csv_files(report: Report) -> dict[str, str]:
-    """File name → CSV text: each section's raw values."""
-    return {f"{s.key}.csv": s.data.to_csv(index=False) for s in report.sections if not s.data.empty}
+    """File name → CSV text: each section's raw values, text cells guarded against spreadsheet
+    formulas."""
+    return {f"{s.key}.csv": csv_text(s.data) for s in report.sections if not s.data.empty}
 
 
 def write(report: Report, fmt: str, output: Path | None) -> str | None:
@@ -436,7 +439,7 @@ def write(report: Report, fmt: str, output: Path | None) -> str | None:
             raise TokbenchError("--format csv writes one file per table: give -o DIR")
         output.mkdir(parents=True, exist_ok=True)
         for name, text in to_csv_files(report).items():
-            (output / name).write_text(text)
+            write_output(output / name, text)
         return None
     render: dict[str, Callable[[], str]] = {
         "html": lambda: to_html(report),
@@ -446,5 +449,5 @@ def write(report: Report, fmt: str, output: Path | None) -> str | None:
     text = render[fmt]()
     if output is None:
         return text
-    output.write_text(text)
+    write_output(output, text)
     return None

@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 from rich.table import Table
+from rich.text import Text
 
 _ALWAYS = ("threads",)
 RIGHT_ALIGNED = ("t/s", "median [95% CI]", "t/s per seq", "size", "params", "peak RSS")
@@ -35,10 +36,14 @@ def _rate(mean: float, sd: float) -> str:
     return f"{mean:.2f} ± {sd:.2f}" if not pd.isna(sd) else f"{mean:.2f}"
 
 
-def _median(median: float, low: float, high: float) -> str:
+def _median(median: float, low: float, high: float, n: float, lo: float, hi: float) -> str:
+    """The median with its 95% interval; below the n where one exists, the range, said to be
+    only that."""
     if pd.isna(median):
         return "–"
     if pd.isna(low):
+        if n > 1:
+            return f"{median:.2f} (n={n:g}: range {lo:.2f}–{hi:.2f}, too few for a 95% CI)"
         return f"{median:.2f}"
     return f"{median:.2f} [{low:.2f}, {high:.2f}]"
 
@@ -81,8 +86,8 @@ def summary_table(cases: pd.DataFrame) -> pd.DataFrame:
                    for t, w in zip(cases["test"], cases["workload"], strict=True)]
     out["t/s"] = [_rate(m, s) for m, s in zip(cases["tps_mean"], cases["tps_stddev"], strict=True)]
     out["median [95% CI]"] = [
-        _median(m, lo, hi)
-        for m, lo, hi in zip(cases["tps_median"], cases["tps_ci_low"], cases["tps_ci_high"], strict=True)
+        _median(*row) for row in zip(cases["tps_median"], cases["tps_ci_low"], cases["tps_ci_high"],
+                                     cases["n_trials"], cases["tps_min"], cases["tps_max"], strict=True)
     ]
     if "param_batch" in cases and (cases["param_batch"].fillna(1) > 1).any():
         batch = cases["param_batch"].fillna(1)
@@ -120,13 +125,15 @@ def to_markdown(table: pd.DataFrame, right: tuple[str, ...] = RIGHT_ALIGNED) -> 
 
 
 def to_rich(table: pd.DataFrame, title: str | None = None) -> Table:
-    rich_table = Table(title=title, show_lines=False)
+    """A rich table whose every string is plain text: a model name or an error with `[/x]` in it
+    is shown as written, never parsed as console markup."""
+    rich_table = Table(title=Text(title) if title else None, show_lines=False)
     for col in table.columns:
         right = col in RIGHT_ALIGNED or col in SERVING_RIGHT
-        rich_table.add_column(col, justify="right" if right else "left",
+        rich_table.add_column(Text(str(col)), justify="right" if right else "left",
                               overflow="fold")
     for row in _cells(table).itertuples(index=False):
-        rich_table.add_row(*row)
+        rich_table.add_row(*(Text(cell) for cell in row))
     return rich_table
 
 

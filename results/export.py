@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from harness.common.errors import TokbenchError
 from results.frames import cases_frame
 from results.schema import CASE_FIELDS, REQUEST_FIELDS, RUN_FIELDS, SCHEMA_VERSION, TRIAL_FIELDS, names
@@ -64,7 +66,7 @@ def write_jsonl(store: Store, run_id: str) -> str:
 
 
 def write_csv(store: Store, run_id: str) -> str:
-    return cases_frame(store, run_id).to_csv(index=False)
+    return csv_text(cases_frame(store, run_id))
 
 
 WRITERS: dict[str, Callable[[Store, str], str]] = {
@@ -113,3 +115,16 @@ def import_document(store: Store, path: str | Path) -> str:
             for trial in sorted({r["trial"] for r in requests}):
                 store.add_trial(case_id, trial, [], requests=[r for r in requests if r["trial"] == trial])
     return run["run_id"]
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(frame: pd.DataFrame) -> str:
+    """CSV of a frame whose text cells cannot run as spreadsheet formulas: a string that starts
+    with = + - @ (or a tab or CR) gets a leading ' (OWASP's advice); numbers stay numbers."""
+    def guard(v: object) -> object:
+        return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+
+    text_columns = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    return frame.assign(**{c: frame[c].map(guard) for c in text_columns}).to_csv(index=False)

@@ -145,3 +145,19 @@ def test_drift_widens_the_interval_and_raises_the_floor() -> None:
     assert drifty.noise_floor == 0.06 and drifty.threshold == 0.06
     assert drifty.verdict == INCONCLUSIVE and "measured over 5 baseline runs" in drifty.reason
     assert compare(*_arms(-0.30, cv=0.01), drift=Drift(0.06, 5, True)).verdict == REGRESSION
+
+
+def test_paired_arms_are_tested_paired() -> None:
+    """A shared load that swings both arms by up to 40% hides an 8% slowdown from an unpaired
+    rank test; the signed-rank test on the pairs sees every pair slower (exact p = 2^-10). The
+    verdict still waits for the noise floor (each arm's spread), so it is not a REGRESSION."""
+    rng = np.random.default_rng(3)
+    load = rng.uniform(0.6, 1.0, 10)
+    base, cur = 50 * load * rng.normal(1, 0.005, 10), 46 * load * rng.normal(1, 0.005, 10)
+    unpaired = compare(base, cur, Thresholds(max_cv=0.5))
+    paired = compare(base, cur, Thresholds(max_cv=0.5), paired=True)
+    assert unpaired.p_slower > 0.05 and paired.p_slower == pytest.approx(1 / 2 ** 10)
+    assert paired.p_faster == pytest.approx(1.0)
+    latency = compare(1000 / base, 1000 / cur, Thresholds(max_cv=0.5), higher_is_better=False,
+                      paired=True)
+    assert latency.p_slower == pytest.approx(1 / 2 ** 10)  # longer times are slower

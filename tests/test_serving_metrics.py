@@ -15,10 +15,10 @@ from harness.common.serving import (
     distribution,
     metric_samples,
     parse_slo,
-    quantile_interval,
     request_latencies,
     summarize,
 )
+from harness.common.stats import quantile_interval
 
 MS = 1_000_000
 

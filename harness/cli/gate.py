@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from harness.cli.shared import ProgressHooks, add_grid_options, run_doc, run_with_progress, suite_from_args
 from harness.common.errors import TokbenchError
+from harness.common.files import write_output
 from harness.common.toml_files import read_toml
 from harness.gate import DEFAULT_FILE
 
@@ -113,9 +114,10 @@ def cmd_ab(args: argparse.Namespace, console: Console) -> int:
         return EXIT_INTERRUPTED
     console.print(f"run {outcome.run_id} stored in {store.path}", highlight=False)
     if args.output:
-        Path(args.output).write_text(write_json(store, outcome.run_id))
+        write_output(args.output, write_json(store, outcome.run_id))
     for index, label, error in outcome.failed:
-        console.print(f"[red]case {index + 1} ({label}) failed:[/red] {error}", highlight=False)
+        console.print(f"[red]case {index + 1} ({escape(label)}) failed:[/red] {escape(str(error))}",
+                      highlight=False)
     report = compare_arms(run_document(store, outcome.run_id), config, args.strict, (args.a, args.b))
     return _emit(report, args, console)
 

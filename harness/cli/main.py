@@ -13,10 +13,10 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from backends.base import BackendError
 from harness.cli import gate as cli_gate
@@ -31,6 +31,7 @@ from harness.cli.shared import (
 )
 from harness.common import cache
 from harness.common.errors import TokbenchError
+from harness.common.files import write_output
 from harness.execution.engines import probe_engines
 from harness.execution.lifecycle import Workers
 from harness.execution.runner import Runner
@@ -63,14 +64,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(to_rich(table, title=f"run {outcome.run_id}"))
     print_serving(store, outcome.run_id, console)
     print_searches(store, outcome.run_id, console)
-    console.print(f"stored in {store.path}")
+    console.print(f"stored in {escape(str(store.path))}")
     if args.output:
-        Path(args.output).write_text(write_json(store, outcome.run_id))
-        console.print(f"wrote {args.output}")
+        write_output(args.output, write_json(store, outcome.run_id))
+        console.print(f"wrote {escape(args.output)}")
     if outcome.failed:
         console.print(f"[red]{len(outcome.failed)} of {len(suite.cases)} cases failed:[/red]")
         for index, label, error in outcome.failed:
-            console.print(f"  case {index + 1} ({label}): {error}")
+            console.print(f"  case {index + 1} ({escape(label)}): {escape(str(error))}")
         return EXIT_FAILED_CASES
     return EXIT_OK
 
@@ -144,8 +145,9 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     run = store.run(run_id)
     state = store.run_state(run)
     profile = run["profile"] or {}
-    console.print(f"[bold]run {run_id}[/bold] · {state} · {run['command']}")
-    console.print(f"machine: {profile.get('cpu_brand')} · {profile.get('physical_cores')} cores · "
+    console.print(f"[bold]run {run_id}[/bold] · {state} · {escape(run['command'])}")
+    cpu = escape(str(profile.get("cpu_brand")))
+    console.print(f"machine: {cpu} · {profile.get('physical_cores')} cores · "
                   f"{(profile.get('ram_bytes') or 0) / 2**30:.0f} GiB · "
                   f"bandwidth {(profile.get('memory_bandwidth') or {}).get('copy_gbps', '–')} GB/s")
     cases = store.cases(run_id)
@@ -173,19 +175,17 @@ def print_serving(store: Any, run_id: str, console: Console) -> None:
     if not turns.empty:
         console.print(to_rich(turns, title="multi-turn: per turn (each prompt carries the history)"))
     for line in serving_notes(frame):
-        console.print(f"[yellow]note:[/yellow] {line}", highlight=False)
+        console.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
 
 
 def print_searches(store: Any, run_id: str, console: Console) -> None:
     """Each sweep or capacity search: its steps, and why it ended or what it found."""
-    from rich.markup import escape
-
     from reports.tables import search_table, to_rich
     from results.frames import searches
 
     for found in searches(store, run_id):
         title = f"{found['search']} · {found['backend']} · {found['model']}"
-        console.print(to_rich(search_table(found), title=escape(title)))
+        console.print(to_rich(search_table(found), title=title))
         line = found.get("answer") or found["stop"] or "the search did not finish"
         console.print(f"[bold]{found['kind']}:[/bold] {escape(line)}", highlight=False)
 
@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
     else:
         text = WRITERS[args.format](store, run_id)
     if args.output:
-        Path(args.output).write_text(text)
+        write_output(args.output, text)
         console.print(f"wrote {args.output}", highlight=False)
     else:
         sys.stdout.write(text)
@@ -241,7 +241,7 @@ def cmd_import(args: argparse.Namespace, console: Console) -> int:
 
     store = store_of(args)
     for path in args.files:
-        console.print(f"imported run {import_document(store, path)} from {path}")
+        console.print(f"imported run {import_document(store, path)} from {escape(str(path))}")
     return EXIT_OK
 
 

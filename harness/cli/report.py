@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from harness.common.files import write_output
+
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from reports.report import build_report, write
@@ -36,6 +38,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from harness.cli.shared import run_doc
     from reports.compare import compare_documents, display
     from reports.tables import to_markdown, to_rich
+    from results.export import csv_text
 
     result = compare_documents(run_doc(args.run_a, args.store), run_doc(args.run_b, args.store), args.force)
     banner = result.banner
@@ -55,9 +58,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
             lines = [f"> ⚠ **{banner}**", "", *lines]
         right = ("A median", "B median", "B ÷ A speed [95% CI]")
         text = ("\n".join(lines) + "\n" + to_markdown(table, right=right) if args.format == "md"
-                else result.rows.to_csv(index=False))
+                else csv_text(result.rows))
         if args.output:
-            Path(args.output).write_text(text)
+            write_output(args.output, text)
             console.print(f"wrote {args.output}", highlight=False)
         else:
             sys.stdout.write(text)

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.common.serving import metric_samples, quantile_interval, summarize
+from harness.common.serving import metric_samples, summarize
+from harness.common.stats import quantile_interval
 
 SATURATION_GAIN = 0.10  # less output tok/s growth than this over the best lower load …
 SATURATION_TTFT = 1.5  # … while median TTFT grows at least this much: saturated

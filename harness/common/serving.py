@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.common.stats import quantile_interval
+
 PERCENTILES = (50, 90, 95, 99)
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
 SLO_METRICS = ("ttft", "tpot", "e2el")
@@ -78,33 +80,6 @@ def metric_samples(records: Iterable[dict[str, Any]], metric: str) -> list[float
         elif v is not None:
             values.append(v)
     return values
-
-
-def _log_binom_cdf(n: int, q: float) -> np.ndarray:
-    """P(B ≤ k) for k = 0..n, B ~ Binomial(n, q), from log factorials (no scipy import)."""
-    k = np.arange(n + 1)
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
-    log_pmf = log_fact[n] - log_fact[k] - log_fact[n - k] + k * math.log(q) + (n - k) * math.log1p(-q)
-    return np.minimum(np.cumsum(np.exp(log_pmf - log_pmf.max())) * math.exp(log_pmf.max()), 1.0)
-
-
-def quantile_interval(values: Sequence[float], q: float, confidence: float = 0.95
-                      ) -> tuple[float, float]:
-    """Order statistics [x(l), x(u)] that cover the q-quantile with probability ≥ confidence
-    (each tail ≤ (1 − confidence)/2). A bound that needs more samples than there are is NaN."""
-    x = np.sort(np.asarray(values, dtype=float))
-    n = x.size
-    if n == 0:
-        return math.nan, math.nan
-    cdf = _log_binom_cdf(n, q)  # cdf[j] = P(fewer than j+1 samples fall below the quantile)
-    tail = (1 - confidence) / 2
-    # x(l) (1-based) is below the quantile unless B ≤ l − 1: pick the largest l with cdf[l-1] ≤ tail.
-    lows = np.nonzero(cdf[:n] <= tail)[0]
-    low = float(x[lows[-1]]) if lows.size else math.nan
-    # x(u) is above the quantile unless B ≥ u: pick the smallest u with 1 − cdf[u-1] ≤ tail.
-    highs = np.nonzero(1 - cdf[:n] <= tail)[0]
-    high = float(x[highs[0]]) if highs.size else math.nan
-    return low, high
 
 
 def distribution(values: Sequence[float], confidence: float = 0.95, intervals: bool = True

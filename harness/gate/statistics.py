@@ -2,11 +2,13 @@
 
 The statistic is the speed ratio of medians (current ÷ baseline for rates, baseline ÷ current
 for latencies, so below 1 always means slower), with a seeded percentile-bootstrap interval,
-and a one-sided Mann-Whitney U test. Two settings change the interval, not the statistic:
+and a one-sided rank test. Two settings change the interval and the test, not the statistic:
 
 - paired (`tokbench ab`): trial i of A and trial i of B ran side by side in one ABBA block, so
-  the bootstrap resamples pairs. Drift that slows both arms alike (heat, a neighbour's job)
-  then stays out of the interval instead of widening it.
+  the bootstrap resamples pairs and the test is the Wilcoxon signed-rank test on each pair's
+  log speed ratio. Drift that slows both arms alike (heat, a neighbour's job) then stays out of
+  both, instead of widening the interval and blunting an unpaired test.
+- unpaired (`tokbench gate` against stored runs): the Mann-Whitney U test.
 - run-to-run drift (`tokbench gate`): a stored baseline ran in another job, and job-to-job
   drift of the medians is larger than a run's own trial noise (measured here: 3–6% on a
   shared 2-core VM). Its half-width, q·σ·√(1 + 1/k) for σ the spread of k baseline runs'
@@ -22,10 +24,11 @@ Rules, in order:
    of the two arms (one typical trial-to-trial deviation) or, against a stored baseline, the
    run-to-run drift σ when that is larger. A change smaller than that is never called, however
    many trials make it "significant".
-3. REGRESSION when the whole interval is below 1 − threshold and U says "slower" (p < alpha);
-   INCONCLUSIVE when the interval straddles 1 − threshold (or U disagrees), or reaches below
-   1 − fail without being wholly below 1 − threshold (a change within the noise floor);
-   IMPROVED when the whole interval is above 1 + threshold and U says "faster";
+3. REGRESSION when the whole interval is below 1 − threshold and the test says "slower"
+   (p < alpha); INCONCLUSIVE when the interval straddles 1 − threshold (or the test disagrees),
+   or reaches below 1 − fail without being wholly below 1 − threshold (a change within the
+   noise floor); IMPROVED when the whole interval is above 1 + threshold and the test says
+   "faster";
    PASS otherwise, with a warning when the median ratio is below 1 − warn.
 """
 
@@ -139,7 +142,7 @@ class Comparison:
     ratio: float  # speed ratio of medians: < 1 is slower
     ci_low: float
     ci_high: float
-    p_slower: float  # one-sided Mann-Whitney U: current slower than baseline
+    p_slower: float  # one-sided rank test (Wilcoxon paired, else Mann-Whitney U): current slower
     p_faster: float
     noise_floor: float
     threshold: float  # max(fail, noise floor)
@@ -188,6 +191,24 @@ def _interval(base: np.ndarray, cur: np.ndarray, higher_is_better: bool, confide
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+def _rank_test(base: np.ndarray, cur: np.ndarray, higher_is_better: bool, paired: bool
+               ) -> tuple[float, float]:
+    """One-sided p-values (current slower, current faster). Paired: Wilcoxon signed-rank on the
+    pairs' log speed ratios (exact for small n; pairs that tie are dropped, and all tied is no
+    evidence either way). Unpaired: Mann-Whitney U."""
+    from scipy import stats as sps
+
+    if paired:
+        speed = np.log(cur / base) if higher_is_better else np.log(base / cur)
+        if not np.any(speed):
+            return 1.0, 1.0
+        return (float(sps.wilcoxon(speed, alternative="less").pvalue),
+                float(sps.wilcoxon(speed, alternative="greater").pvalue))
+    slower, faster = ("less", "greater") if higher_is_better else ("greater", "less")
+    return (float(sps.mannwhitneyu(cur, base, alternative=slower).pvalue),
+            float(sps.mannwhitneyu(cur, base, alternative=faster).pvalue))
+
+
 def _widen(ratio: float, low: float, high: float, extra: float) -> tuple[float, float]:
     """Each side of the interval and `extra` (log-space half-widths) added in quadrature."""
     r = math.log(ratio)
@@ -202,7 +223,6 @@ def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thr
 
     `paired`: baseline[i] and current[i] ran side by side (equal lengths required). `drift`: the
     baseline ran in other jobs; its run-to-run drift widens the interval and raises the floor."""
-    from scipy import stats as sps
 
     th = thresholds or Thresholds()
     base = np.asarray(baseline, dtype=float)
@@ -221,9 +241,7 @@ def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thr
         ci_low, ci_high = _interval(base, cur, higher_is_better, th.confidence, seed, paired)
         if drift is not None and ratio > 0:
             ci_low, ci_high = _widen(ratio, ci_low, ci_high, drift.half_width(th.confidence))
-        slower, faster = ("less", "greater") if higher_is_better else ("greater", "less")
-        p_slower = float(sps.mannwhitneyu(cur, base, alternative=slower).pvalue)
-        p_faster = float(sps.mannwhitneyu(cur, base, alternative=faster).pvalue)
+        p_slower, p_faster = _rank_test(base, cur, higher_is_better, paired)
     floor = max(cv_b, cv_c) if not (math.isnan(cv_b) or math.isnan(cv_c)) else nan
     if drift is not None and not math.isnan(floor):
         floor = max(floor, drift.cv)
@@ -243,12 +261,14 @@ def compare(baseline: Sequence[float], current: Sequence[float], thresholds: Thr
         which = "baseline" if cv_b >= cv_c else "current"
         return verdict(INCONCLUSIVE, f"too noisy: {which} robust CV {noisy:.1%} > {th.max_cv:.1%}")
     low_line, high_line = 1 - threshold, 1 + threshold
+    test = "Wilcoxon" if paired else "U"
     shown = f"[{ci_low:.3f}, {ci_high:.3f}]"
     if ci_high < low_line:
         if p_slower < th.alpha:
             return verdict(REGRESSION, f"{1 - ratio:.1%} slower: interval {shown} is below "
-                                       f"{low_line:.3f} (threshold {threshold:.1%}), U p={p_slower:.2g}")
-        return verdict(INCONCLUSIVE, f"interval {shown} is below {low_line:.3f} but the U test "
+                                       f"{low_line:.3f} (threshold {threshold:.1%}), {test} "
+                                       f"p={p_slower:.2g}")
+        return verdict(INCONCLUSIVE, f"interval {shown} is below {low_line:.3f} but the {test} test "
                                      f"disagrees (p={p_slower:.2g} ≥ {th.alpha:g})")
     if ci_low < low_line:
         return verdict(INCONCLUSIVE, f"interval {shown} straddles the −{threshold:.1%} threshold")

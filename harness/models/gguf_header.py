@@ -93,6 +93,10 @@ def read_header(path: str | Path) -> Header:
             cur.pos = 4
             cur.take("<I")  # version
             n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
+            if max(n_tensors, n_kv) > len(buf):  # each takes more than a byte
+                raise TokbenchError(f"{path} is not a readable GGUF file: its header claims "
+                                    f"{n_tensors} tensors and {n_kv} fields, more than its "
+                                    f"{len(buf)} bytes could hold (truncated or corrupt)")
             fields = {}
             for _ in range(n_kv):
                 key = cur.string()
@@ -104,6 +108,9 @@ def read_header(path: str | Path) -> Header:
                 qtype = GGMLQuantizationType(cur.take("<I"))
                 tensors.append(TensorInfo(name, ne, qtype, cur.take("<Q")))
             align = int(fields.get("general.alignment", _ALIGNMENT))
+            if align < 1 or align & (align - 1):
+                raise TokbenchError(f"{path} is not a readable GGUF file: general.alignment is "
+                                    f"{align}, not a power of two (corrupt header)")
             offset = (cur.pos + align - 1) // align * align
     except (OSError, ValueError, struct.error, KeyError) as exc:
         raise TokbenchError(f"{path} is not a readable GGUF file ({exc})") from None
