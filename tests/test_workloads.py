@@ -97,3 +97,10 @@ def test_bad_search_syntax_is_a_clear_error(text: str) -> None:
     with pytest.raises(TokbenchError, match="workload") as err:
         parse_workload(text)
     assert "\n" not in str(err.value)
+
+
+def test_only_searched_loads_are_searches() -> None:
+    """The runner pre-adds every case that is not a search: token and serving loads say so."""
+    assert [parse_workload(w).search for w in ("pp512", "tg128@d4096", "c4:in32:out8",
+                                                "sweep:in32:out8", "capacity:in32:out8")] == [
+        False, False, False, True, True]

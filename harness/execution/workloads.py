@@ -58,6 +58,7 @@ class Workload:
     n_gen: int = 0
     n_depth: int = 0
     serving = False
+    search = False
 
     @property
     def name(self) -> str:
