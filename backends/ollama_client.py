@@ -108,6 +108,7 @@ async def stream_ollama(session: Any, ep: Endpoint, p: Prompt, record: dict[str,
     record["started_at"] = time.time()
     record["_t0"] = t0
     chunks: list[int] = record.setdefault("chunk_ns", [])
+    text: list[str] = []
     final: dict[str, Any] | None = None
 
     def take(line: bytes, now: int, last: bool = False) -> None:
@@ -125,8 +126,10 @@ async def stream_ollama(session: Any, ep: Endpoint, p: Prompt, record: dict[str,
             raise StreamError(f"malformed NDJSON: a line is {type(obj).__name__}, not an object")
         if obj.get("error"):
             raise StreamError(f"server error in stream: {str(obj['error'])[:200]}")
-        if _content(obj, ep.chat):
+        piece = _content(obj, ep.chat)
+        if piece:
             chunks.append(now)
+            text.append(piece)
         if obj.get("done") is True:
             final = obj
 
@@ -154,6 +157,7 @@ async def stream_ollama(session: Any, ep: Endpoint, p: Prompt, record: dict[str,
     if not chunks:
         raise StreamError("the stream ended without generated content")
     record["ttft_ns"], record["e2el_ns"] = chunks[0], chunks[-1]
+    record["_text"] = "".join(text)  # the reply: a conversation's next turn carries it
     record["server_timings"] = server_timings(final)
     if final.get("eval_count") is None:
         raise StreamError("the last line has no eval_count (output tokens)")

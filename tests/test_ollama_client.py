@@ -34,14 +34,19 @@ def final_line(lines: list[bytes]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def content_lines(lines: list[bytes], chat: bool) -> int:
-    def text(d: dict[str, Any]) -> str:
-        if chat:
-            m = d.get("message") or {}
-            return (m.get("content") or "") + (m.get("thinking") or "")
-        return (d.get("response") or "") + (d.get("thinking") or "")
+def _line_text(d: dict[str, Any], chat: bool) -> str:
+    if chat:
+        m = d.get("message") or {}
+        return (m.get("content") or "") + (m.get("thinking") or "")
+    return (d.get("response") or "") + (d.get("thinking") or "")
 
-    return sum(1 for line in lines if text(json.loads(line)))
+
+def content_lines(lines: list[bytes], chat: bool) -> int:
+    return sum(1 for line in lines if _line_text(json.loads(line), chat))
+
+
+def reply_text(lines: list[bytes], chat: bool) -> str:
+    return "".join(_line_text(json.loads(line), chat) for line in lines)
 
 
 @dataclass
@@ -130,6 +135,7 @@ def check_record(record: dict[str, Any], lines: list[bytes], chat: bool) -> None
     # lines written 5 ms apart arrive apart: each was stamped on its own arrival
     assert record["e2el_ns"] - record["ttft_ns"] >= (n - 1) * 4_000_000
     assert record["_t0"] > 0 and record["started_at"] > 0
+    assert record["_text"] == reply_text(lines, chat)  # kept: a conversation's next turn carries it
 
 
 def test_generate_stream_parsed_and_request_body() -> None:
