@@ -7,7 +7,9 @@ depths of one case), and the report says so instead of showing an empty axis.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib
 
@@ -232,10 +234,20 @@ def all_plots(measured: pd.DataFrame, published: pd.DataFrame, memory: pd.DataFr
         ("memory", "Memory vs quant", "Model file, RAM and peak memory per quant (* = quant assumed).",
          lambda: memory_by_quant(memory), "no memory figures"),
     ]
+    # data strings are text, never TeX or mathtext: a `$` in a model name stays a `$`
+    return draw_specs(specs, {"text.usetex": False, "text.parse_math": False})
+
+
+#: A figure to draw: key, title, caption, the drawing (PNG bytes or None), why it may be empty.
+Spec = tuple[str, str, str, Callable[[], bytes | None], str]
+
+
+def draw_specs(specs: list[Spec], rc: dict[str, Any] | None = None) -> tuple[list[Plot], list[str]]:
+    """Draw each spec under the matplotlib settings `rc`: (plots drawn, one line for each plot
+    the data could not fill)."""
     plots, missing = [], []
     for key, title, caption, draw, why in specs:
-        # data strings are text, never TeX or mathtext: a `$` in a model name stays a `$`
-        with matplotlib.rc_context({"text.usetex": False, "text.parse_math": False}):
+        with matplotlib.rc_context(rc or {}):
             png = draw()
         if png is None:
             missing.append(f"{title}: {why}")

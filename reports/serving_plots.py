@@ -27,7 +27,7 @@ import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
-from reports.plots import _CEILING, _ENGINE_COLORS, _PUBLISHED, Plot, _png, _short
+from reports.plots import _CEILING, _ENGINE_COLORS, _PUBLISHED, Plot, _png, _short, draw_specs
 from results.store import Store
 
 SERIES_KEYS = ("run_id", "backend", "model", "template", "setting")
@@ -447,11 +447,4 @@ def serving_plots(frame: pd.DataFrame, published: pd.DataFrame,
          "and model (dashed).", lambda: published_serving(frame, published, curves),
          "no published serving figure (they are compared with --against published)"),
     ]
-    plots, missing = [], []
-    for key, title, caption, draw, why in specs:
-        png = draw()
-        if png is None:
-            missing.append(f"{title}: {why}")
-        else:
-            plots.append(Plot(key, title, caption, png))
-    return plots, missing
+    return draw_specs(specs)
