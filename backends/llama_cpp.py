@@ -85,6 +85,7 @@ class LlamaCppBackend(Backend):
             "engine_version": llama_cpp.__version__,
             "system_info": lib.llama_print_system_info().decode().strip(),
             "supports_gpu_offload": bool(lib.llama_supports_gpu_offload()),
+            "ggml_version": None, "ggml_commit": None,  # unknown when libggml-base is not found
         }
         base = _engine_lib(lib, "libggml-base")
         if base is not None:

@@ -13,7 +13,6 @@ tail of its log; what was measured before is kept.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.base import Backend, ModelLoadError
+from backends.base import Backend, ModelLoadError, die_with_parent
 from backends.openai_api import OpenAIBackend
 
 LOG_TAIL_LINES = 15
@@ -42,8 +41,7 @@ def _die_with_parent() -> None:
     """In the server's child process: a new session (its own process group), and on Linux
     SIGKILL when the worker that started it dies, so no server outlives its worker."""
     os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 def group_rss_bytes(pgid: int) -> int | None:

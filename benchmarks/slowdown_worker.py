@@ -1,10 +1,11 @@
 """Benchmark-only worker entry that makes llama.cpp a known fraction slower (gate_power.py).
 
-Never used by tokbench itself: gate_power.py points an A/B arm's interpreter at a wrapper
-script that runs this file instead of `python -m backends.worker`. It patches llama-cpp-python so
-that every llama_decode … llama_synchronize span (one prefill, or one decoded token) is followed
-by a busy-wait of FACTOR × the span's own measured time, inside the timed region, then runs the
-ordinary worker. FACTOR = 1 / (1 − s) − 1 makes tokens/s exactly s lower (s = 0.10 → 0.111).
+Never used by tokbench itself: gate_power.py (and tests/test_ab.py, at a 2/3 slowdown) point an
+A/B arm's interpreter at a wrapper script that runs this file instead of
+`python -m backends.worker`. It patches llama-cpp-python so that every llama_decode …
+llama_synchronize span (one prefill, or one decoded token) is followed by a busy-wait of
+FACTOR × the span's own measured time, inside the timed region, then runs the ordinary worker.
+FACTOR = 1 / (1 − s) − 1 makes tokens/s exactly s lower (s = 0.10 → 0.111).
 
     TOKBENCH_BENCH_SLOWDOWN=0.10 python benchmarks/slowdown_worker.py
 """

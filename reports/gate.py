@@ -55,7 +55,8 @@ def rows(report: GateReport) -> list[dict[str, str]]:
                 "current": f"{_num(c.median_current, '.2f')} {unit} (n={c.n_current})",
                 "change [95% CI]": f"{_num(c.ratio - 1, '+.1%')} "
                                    f"[{_num(c.ci_low - 1, '+.1%')}, {_num(c.ci_high - 1, '+.1%')}]",
-                "test p": f"{_num(p, '.2g')} ({'Wilcoxon' if c.paired else 'U'})",
+                "test p": ("– (sequential)" if c.sequential else
+                           f"{_num(p, '.2g')} ({'Wilcoxon' if c.paired else 'U'})"),
                 "robust CV": f"{_num(c.cv_baseline, '.1%')} / {_num(c.cv_current, '.1%')}",
                 "threshold": f"{c.threshold:.1%}",
             }
@@ -91,6 +92,9 @@ def to_markdown(report: GateReport) -> str:
     lines += [f"- ⚠ {w}" for w in report.warnings]
     interval = ("percentile bootstrap over the ABBA pairs" if report.mode == "ab" else
                 "percentile bootstrap widened by the baseline's run-to-run drift")
+    if any(e.comparison is not None and e.comparison.sequential for e in report.entries):
+        interval = ("sequential: mean over ABBA units and its confidence sequence, valid however "
+                    "early it stopped")
     lines.append(f"\n<sub>speed ratio of medians (below 1 is slower), 95% interval: {interval}; "
                  f"one-sided Mann-Whitney U; thresholds from {report.config}</sub>\n")
     return "\n".join(lines)

@@ -295,6 +295,9 @@ def build_report(store: Store, refs: list[str], against: str | None = None) -> R
     figures, catalog = reference()
     measured = cmp.measured_roofline(runs, catalog)
     warnings = [w for rd in runs for w in _failures(rd, store)]
+    warnings += [f"run {rd.run['run_id']} was contended: {len(rd.run['contended'])} other tokbench "
+                 "run(s) were live on its host while it measured" for rd in runs
+                 if rd.run.get("contended")]
     resident = int(measured["cache_resident"].sum()) if not measured.empty else 0
     if resident:
         warnings.append(f"{resident} decode case(s) have weights that fit in the L3 cache: their "

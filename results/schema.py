@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 5  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
+SCHEMA_VERSION = 6  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
 # v4: serving cases (cases.load, cases.client, cases.notes, the requests table); v5: cases.sweep,
-# requests.conversation/turn/client_process/server_timings
+# requests.conversation/turn/client_process/server_timings; v6: runs.contended
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ RUN_FIELDS = (
     Field("git_commit", "TEXT", "git commit of the working directory under test, when known"),
     Field("profile", "TEXT", "hardware/software profile (JSON)"),
     Field("fingerprint", "TEXT", "hard and soft fingerprint fields (JSON)"),
+    Field("contended", "TEXT", "other tokbench runs live on this host during the run (JSON list)"),
 )
 
 CASE_FIELDS = (

@@ -1,4 +1,8 @@
-"""SQLite result store (WAL): every trial is committed as it finishes, so a killed run keeps it."""
+"""SQLite result store (WAL): every trial is committed as it finishes, so a killed run keeps it.
+
+Several runs may write one store at once; a writer waits for another's transaction up to
+$TOKBENCH_LOCK_TIMEOUT seconds (default 30), then fails with one line. Readers open a store
+they cannot write (a read-only mount or file) read-only, without migrating it."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from results.schema import (
 )
 
 _JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns",
-                 "load", "client", "notes", "chunk_ns", "sweep", "server_timings"}
+                 "load", "client", "notes", "chunk_ns", "sweep", "server_timings", "contended"}
 
 
 def default_path() -> Path:
@@ -32,6 +36,19 @@ def default_path() -> Path:
         return Path(os.environ["TOKBENCH_STORE"])
     base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     return base / "tokbench" / "results.db"
+
+
+class _CannotWrite(TokbenchError):
+    """The store refused a write: read-only, full, or unwritable (not a lock held too long)."""
+
+
+def lock_timeout_s() -> float:
+    """How long a writer waits for a lock another process holds ($TOKBENCH_LOCK_TIMEOUT)."""
+    text = os.environ.get("TOKBENCH_LOCK_TIMEOUT", "")
+    try:
+        return float(text) if text else 30.0
+    except ValueError:
+        raise TokbenchError(f"TOKBENCH_LOCK_TIMEOUT={text!r} is not a number of seconds") from None
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:
@@ -49,17 +66,57 @@ class Store:
         self.path = Path(path) if path else default_path()
         if not self.path.exists() and not create:
             raise TokbenchError(f"no result store at {self.path}: run a benchmark first, or pass --store")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = False
         try:
-            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=lock_timeout_s(), isolation_level=None)
             self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            with self._writing():
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self._migrate()
+        except (_CannotWrite, OSError) as exc:
+            if create or not self._open_read_only():
+                raise exc if isinstance(exc, TokbenchError) else TokbenchError(
+                    f"result store {self.path} cannot be opened ({exc}): pass another --store"
+                ) from None
         except sqlite3.DatabaseError as exc:
             raise TokbenchError(
                 f"result store {self.path} is unreadable ({exc}): pass another --store"
             ) from None
+
+    def _open_read_only(self) -> bool:
+        """Open for reading only, when the store cannot be written: as it is if its WAL files can
+        be made, else as immutable (nothing else can be writing a read-only file)."""
+        uri = self.path.resolve().as_uri()
+        for mode in ("?mode=ro", "?mode=ro&immutable=1"):
+            try:
+                db = sqlite3.connect(uri + mode, uri=True, timeout=lock_timeout_s())
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            except sqlite3.DatabaseError:
+                continue
+            if row is None or int(row[0]) != SCHEMA_VERSION:
+                raise TokbenchError(
+                    f"result store {self.path} is read-only and has schema "
+                    f"v{row[0] if row else '?'}, not v{SCHEMA_VERSION}: copy it somewhere writable "
+                    "and open the copy (tokbench migrates it)") from None
+            db.row_factory = sqlite3.Row
+            self.db, self.read_only = db, True
+            return True
+        return False
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """SQLite's write errors as one line each: a lock held too long, a read-only or full disk."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise TokbenchError(
+                    f"result store {self.path}: {exc} (another process held it over "
+                    f"{lock_timeout_s():g} s); retry, or raise TOKBENCH_LOCK_TIMEOUT") from None
+            raise _CannotWrite(f"result store {self.path} cannot be written ({exc}): free space, "
+                               "fix its permissions or pass another --store") from None
 
     def _migrate(self) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -101,13 +158,17 @@ class Store:
         if self.db.in_transaction:
             yield
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        with self._writing():
+            self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield
+            with self._writing():
+                yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        with self._writing():
+            self.db.execute("COMMIT")
 
     # -- writing -------------------------------------------------------------------------
     @staticmethod
@@ -124,13 +185,16 @@ class Store:
         values = self._encode(values)
         cols = ", ".join(values)
         marks = ", ".join(f":{k}" for k in values)
-        cur = self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
+        with self._writing():
+            cur = self.db.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
         return int(cur.lastrowid)
 
     def _update(self, table: str, key: str, key_value: Any, values: dict[str, Any]) -> None:
         values = self._encode(values)
         sets = ", ".join(f"{k} = :{k}" for k in values)
-        self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = :_key", {**values, "_key": key_value})
+        with self._writing():
+            self.db.execute(f"UPDATE {table} SET {sets} WHERE {key} = :_key",
+                            {**values, "_key": key_value})
 
     def add_run(self, **values: Any) -> None:
         self._insert("runs", names(RUN_FIELDS), values)

@@ -1,8 +1,9 @@
 """`tokbench` command line: parses arguments and calls plain functions (tests call main(argv)).
 
 Exit codes: 0 success; 1 the run finished but some cases failed; 2 bad input or an unusable
-environment (nothing was run); 130 interrupted. `ab` and `gate` (harness/cli_gate.py) have
-their own: 0 pass, 1 regression, 2 error, 3 inconclusive (--strict), 4 not comparable;
+environment (nothing was run); 130, 143 or 129 interrupted by SIGINT, SIGTERM or SIGHUP.
+`ab` and `gate` (harness/cli_gate.py) have their own: 0 pass, 1 regression, 2 error,
+3 inconclusive (--strict), 4 not comparable;
 `compare` (harness/cli_report.py) exits 4 when it refuses runs whose hard fingerprints differ.
 """
 
@@ -32,6 +33,7 @@ from harness.cli.shared import (
 from harness.common import cache
 from harness.common.errors import TokbenchError
 from harness.common.files import write_output
+from harness.execution import interrupts
 from harness.execution.engines import probe_engines
 from harness.execution.lifecycle import Workers
 from harness.execution.runner import Runner
@@ -41,7 +43,7 @@ from harness.execution.suite import (
 )
 from harness.hardware import profile as hardware
 
-EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR = 0, 1, 2
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -55,7 +57,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     outcome = run_with_progress(Runner(store, suite, hooks, measure_bandwidth=not args.no_bandwidth),
                                 hooks, console, args.argv)
     if outcome is None:
-        return EXIT_INTERRUPTED
+        return interrupts.exit_code()
     from reports.tables import summary_table, to_rich  # pandas: imported while the model loaded
     from results.export import write_json
     from results.frames import cases_frame
@@ -64,6 +66,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(to_rich(table, title=f"run {outcome.run_id}"))
     print_serving(store, outcome.run_id, console)
     print_searches(store, outcome.run_id, console)
+    print_contention(store.run(outcome.run_id), console)
     console.print(f"stored in {escape(str(store.path))}")
     if args.output:
         write_output(args.output, write_json(store, outcome.run_id))
@@ -150,6 +153,7 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     console.print(f"machine: {cpu} · {profile.get('physical_cores')} cores · "
                   f"{(profile.get('ram_bytes') or 0) / 2**30:.0f} GiB · "
                   f"bandwidth {(profile.get('memory_bandwidth') or {}).get('copy_gbps', '–')} GB/s")
+    print_contention(run, console)
     cases = store.cases(run_id)
     n_ok = sum(c["status"] == "ok" for c in cases)
     if state in ("incomplete", "interrupted"):
@@ -159,6 +163,17 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     print_serving(store, run_id, console)
     print_searches(store, run_id, console)
     return EXIT_OK
+
+
+def print_contention(run: dict[str, Any], console: Console) -> None:
+    """Say loudly that other runs shared this host while the run measured."""
+    others = run.get("contended") or []
+    if others:
+        runs = ", ".join(f"{o.get('run_id')} (pid {o.get('pid')})" for o in others)
+        console.print(f"[bold yellow]contended: {len(others)} other tokbench run(s) were live on "
+                      f"this host during this run ({escape(runs)}); its timings shared the CPU. "
+                      "`last` names the run that started last: name overlapping runs by id"
+                      "[/bold yellow]")
 
 
 def print_serving(store: Any, run_id: str, console: Console) -> None:

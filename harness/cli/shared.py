@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.common.errors import TokbenchError
@@ -61,7 +62,10 @@ class ProgressHooks(Hooks):
     def case_done(self, index: int, status: str, error: str | None) -> None:
         self.progress.advance(self.task)
         if status != "ok":
-            self.progress.console.print(f"[red]case {index + 1} failed:[/red] {error}")
+            self.progress.console.print(f"[red]case {index + 1} failed:[/red] {escape(str(error))}")
+
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[bold yellow]warning:[/bold yellow] {escape(message)}")
 
     def stop(self) -> None:
         self.progress.stop()
@@ -81,6 +85,7 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
         if args.timeout is not None:
             suite.timeout_s = args.timeout
         suite.isolate = suite.isolate or args.isolate
+        suite.force = args.force
         return suite
     quants = [q for q in args.quants.split(",") if q] if args.quants else None
     models = expand_quants([m for m in (args.model or DEFAULT_MODEL).split(",") if m], quants,
@@ -94,7 +99,7 @@ def suite_from_args(args: argparse.Namespace) -> Suite:
         python = {b: args.python for b in {c.backend for c in cases}}
     return Suite(cases, args.repetitions or default_repetitions(workloads),
                  args.timeout or DEFAULT_TIMEOUT_S, not args.no_warmup, args.seed, python,
-                 isolate=args.isolate, requests=args.requests, slo=_slo(args))
+                 isolate=args.isolate, requests=args.requests, slo=_slo(args), force=args.force)
 
 
 def _slo(args: argparse.Namespace) -> dict[str, float]:
@@ -110,12 +115,17 @@ def _slo(args: argparse.Namespace) -> dict[str, float]:
 
 def run_with_progress(runner: Any, hooks: ProgressHooks, console: Console,
                       argv: list[str]) -> Any:
-    """Run with the progress bar; None when interrupted (finished trials stay stored)."""
+    """Run with the progress bar; None when a signal interrupted it (finished trials stay stored;
+    interrupts.exit_code() says which)."""
+    from harness.execution.interrupts import describe, signals_interrupt
+
     command = "tokbench " + " ".join(shlex.quote(a) for a in argv)
     try:
-        return runner.run(command)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: finished trials are kept in the store[/yellow]")
+        with signals_interrupt():
+            return runner.run(command)
+    except KeyboardInterrupt as exc:
+        hooks.stop()
+        console.print(f"[yellow]{describe(exc)}: finished trials are kept in the store[/yellow]")
         return None
     finally:
         hooks.stop()
@@ -141,6 +151,8 @@ def add_grid_options(parser: argparse.ArgumentParser, repetitions_help: str, tim
     parser.add_argument("--timeout", type=float, help=timeout_help)
     parser.add_argument("--isolate", action="store_true",
                         help="one worker (and model load) per case, instead of one per model load")
+    parser.add_argument("--force", action="store_true",
+                        help="run cases the memory pre-check says cannot fit in the RAM left")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up trial")
     parser.add_argument("--seed", type=int, default=42, help="seed for the random prompt tokens")
     parser.add_argument("--python", help="interpreter for backend workers (an engine's own venv)")

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+
+from harness.common.errors import TokbenchError
 
 
 def root() -> Path:
@@ -56,3 +59,32 @@ def put(kind: str, key: str, value: Any) -> None:
             tmp.replace(path)
     except (OSError, TimeoutError):
         return
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, what: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold `path`.lock while checking or writing a cached file, so two runs never write one
+    file; the second waits ($TOKBENCH_LOCK_TIMEOUT seconds, default an hour) and then finds it
+    written. The kernel drops the lock when its holder dies, so a crash leaves nothing stale."""
+    text = os.environ.get("TOKBENCH_LOCK_TIMEOUT", "")
+    try:
+        timeout = float(text) if text else 3600.0
+    except ValueError:
+        raise TokbenchError(f"TOKBENCH_LOCK_TIMEOUT={text!r} is not a number of seconds") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if log:
+            log(f"waiting for another process writing {what}")
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise TokbenchError(f"{what} is being written by another process (lock {path}.lock "
+                                f"held over {timeout:g} s): wait for it to finish, or raise "
+                                "TOKBENCH_LOCK_TIMEOUT") from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -6,6 +6,11 @@ threads=2`). For each case, both arms' workers are started and warmed up once, o
 other, then asked for blocks of trials in the order A B B A A B B A …, so that drift (heat,
 other jobs on a shared runner) hits both arms alike. An idle worker pauses its engine's
 threads. Every trial is stored as it arrives, in one ordinary run whose cases carry arm A or B.
+
+With a sequential plan (harness.gate.sequential; `tokbench ab`'s default) a pair runs ABBA units
+(A B B A, `block` trials each) until the `stop` rule says its verdict is decided, its trial cap
+is reached, or its share of the time budget (what is left, split over the pairs left) would run
+out before one more unit; how it stopped is written as a note on both of its cases.
 """
 
 from __future__ import annotations
@@ -13,12 +18,15 @@ from __future__ import annotations
 import difflib
 import shlex
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
 from harness.common.errors import TokbenchError
+from harness.execution import memory_guard
 from harness.execution.engines import probe_engines
 from harness.execution.lifecycle import Hooks, Workers, WorkerSession
 from harness.execution.params import PARAMS
@@ -34,6 +42,7 @@ from harness.execution.runner import (
     start_run,
 )
 from harness.execution.suite import Case, Suite, load_key
+from harness.gate.sequential import Plan
 from harness.hardware import profile as hardware
 from harness.models import sources as models
 from results.store import Store
@@ -105,10 +114,17 @@ class ABRunner:
     worker per model load, as `run` does, so consecutive pairs that share their loads reuse them."""
 
     def __init__(self, store: Store, suite: Suite, arm_a: Arm, arm_b: Arm, block: int = 1,
-                 hooks: Hooks | None = None, measure_bandwidth: bool = True) -> None:
+                 hooks: Hooks | None = None, measure_bandwidth: bool = True, plan: Plan | None = None,
+                 stop: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None) -> None:
+        """`plan` and `stop` make the run sequential: `stop(A case, B case)` (stored-case dicts with
+        their trials so far) says why the pair may stop now, or None to go on."""
         if block < 1:
             raise TokbenchError(f"--block must be ≥ 1 trial (got {block})")
+        if (plan is None) != (stop is None):
+            raise ValueError("a sequential run needs both a plan and a stop rule")
         self.store, self.suite, self.block = store, suite, block
+        self.plan, self.stop = plan, stop
+        self._deadline = 0.0
         self.arms = {"A": arm_a, "B": arm_b}
         self.hooks = hooks or Hooks()
         self.measure_bandwidth = measure_bandwidth
@@ -137,9 +153,13 @@ class ABRunner:
         return per_arm, profile
 
     def run(self, command: str) -> RunOutcome:
+        if self.plan is not None:  # the whole command's time: probes and model loads included
+            self._deadline = time.monotonic() + self.plan.budget_s
         suite = self.suite
         cases = [c for pair in self.pairs for c in pair]
         resolved = resolve_models(cases)
+        for warning in memory_guard.check_fits(cases, resolved, suite.force):
+            self.hooks.warn(warning)
         engines, profile_engines = self._engines()
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=profile_engines)
         run_id = start_run(self.store, command, profile)
@@ -151,12 +171,13 @@ class ABRunner:
         outcome = RunOutcome(run_id, "complete")
         sessions: dict[str, WorkerSession | None] = {"A": None, "B": None}
         try:
-            with final_status(self.store, outcome):
+            with final_status(self.store, outcome, self.hooks, command):
                 for k in range(len(self.pairs)):
                     for j, arm in enumerate("AB"):
                         sessions[arm] = self._session(arm, 2 * k + j, k, cases, resolved, sessions[arm])
+                    share = (self._deadline - time.monotonic()) / (len(self.pairs) - k)
                     self._run_pair(k, cases[2 * k: 2 * k + 2], case_ids[2 * k: 2 * k + 2],
-                                   [sessions["A"], sessions["B"]], outcome)
+                                   [sessions["A"], sessions["B"]], outcome, time.monotonic() + share)
         finally:
             for session in sessions.values():
                 if session is not None:
@@ -180,8 +201,9 @@ class ABRunner:
             self.store, self.hooks, self.suite.timeout_s, key=key)
 
     def _run_pair(self, k: int, cases: list[Case], case_ids: list[int], sessions: list[Any],
-                  outcome: RunOutcome) -> None:
+                  outcome: RunOutcome, deadline: float = 0.0) -> None:
         started: list[WorkerSession] = []
+        stopped: str | None = None
         try:
             for j, session in enumerate(sessions):
                 self.hooks.case_started(2 * k + j, cases[j])
@@ -189,7 +211,9 @@ class ABRunner:
                 request = case_request(cases[j], self.suite.seed + k, self.suite.warmup)
                 if not session.begin(case_ids[j], 2 * k + j, request, self.suite.repetitions):
                     break  # both arms' prompts come from seed + k: they see the same tokens
-            if len(started) == 2 and not any(s.dead for s in started):
+            if len(started) == 2 and not any(s.dead for s in started) and self.plan is not None:
+                stopped = self._units(case_ids, dict(zip("AB", sessions, strict=True)), deadline)
+            elif len(started) == 2 and not any(s.dead for s in started):
                 left = {"A": self.suite.repetitions, "B": self.suite.repetitions}
                 n_blocks = -(-self.suite.repetitions // self.block)
                 by_arm = dict(zip("AB", sessions, strict=True))
@@ -198,13 +222,43 @@ class ABRunner:
                     left[arm] -= n
                     if n and not by_arm[arm].block(n):
                         break
-        except KeyboardInterrupt:
+        except BaseException as exc:  # a signal, or the store failing: no worker outlives it
             for session in started:
-                session.end(interrupted=True)
+                session.abort(exc)
             raise
         for j, session in enumerate(started):
             result = session.end()
-            finish_case(outcome, self.hooks, 2 * k + j, f"{'AB'[j]}: {cases[j].label()}", result)
+            if stopped is not None and self.plan is not None:
+                trials = len({t["trial"] for t in self.store.trials(outcome.run_id, case_ids[j])})
+                notes = self.store.case(case_ids[j]).get("notes") or []
+                self.store.update_case(case_ids[j], notes=[*notes, self.plan.note(trials, stopped)])
+            finish_case(outcome, self.hooks, 2 * k + j, f"{'AB'[j]}: {cases[j].label()}", result,
+                        self.store)
         for j in range(len(started), 2):  # the B worker never started: A's start failed
             skip_case(self.store, self.hooks, outcome, 2 * k + j, cases[j], case_ids[j],
                       "not run: the other arm failed")
+
+    def _units(self, case_ids: list[int], by_arm: dict[str, WorkerSession], deadline: float) -> str | None:
+        """A sequential pair's ABBA units, until a reason to stop (None: a worker failed). The first
+        unit always runs; later ones only when the slowest unit so far still fits the deadline."""
+        assert self.plan is not None and self.stop is not None
+        plan, trials, took = self.plan, 0, [0.0]
+        while True:
+            if trials + plan.unit > plan.max_trials:
+                return f"trial cap reached ({plan.max_trials} per arm)"
+            if trials and time.monotonic() + max(took) > deadline:
+                return f"time budget reached (this pair's share of {plan.budget_s:g} s)"
+            started = time.monotonic()
+            for arm in abba(2):
+                if not by_arm[arm].block(self.block):
+                    return None
+            took.append(time.monotonic() - started)
+            trials += plan.unit
+            reason = self.stop(*(self._case_doc(case_id) for case_id in case_ids))
+            if reason is not None:
+                return reason
+
+    def _case_doc(self, case_id: int) -> dict[str, Any]:
+        """A stored case with its trials so far, as the gate reads it."""
+        case = self.store.case(case_id)
+        return {**case, "trials": self.store.trials(case["run_id"], case_id)}

@@ -26,10 +26,13 @@ from typing import IO, Any
 
 import backends
 from harness.common.errors import TokbenchError
+from harness.execution import memory_guard
+from harness.execution.interrupts import describe
 from results.store import Store
 
 _BACKENDS_DIR = Path(backends.__file__).resolve().parent
 STDERR_TAIL = 2000
+CLOSE_GRACE_S = 10.0  # a worker told to close that has not exited by then is killed
 
 
 class Hooks:
@@ -43,6 +46,8 @@ class Hooks:
         """The worker that serves case `index` (a reused one is announced again)."""
     def trial_done(self, index: int, trial: int) -> None: ...
     def case_done(self, index: int, status: str, error: str | None) -> None: ...
+    def warn(self, message: str) -> None:
+        """Something the user must read before trusting the run (the CLI prints it loudly)."""
 
 
 @dataclass
@@ -108,13 +113,15 @@ class Workers:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 if line.strip():
-                    yield json.loads(line)
+                    yield _parse(line)
 
     @staticmethod
     def kill(proc: subprocess.Popen) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        """Kill the worker's whole process group (whatever it started goes with it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
 
     def probe(self, backend: str, spec: str) -> dict[str, Any]:
         """Engine version and build info, from a worker; a missing engine is a one-line error."""
@@ -135,6 +142,18 @@ class Workers:
                 raise TokbenchError(msg["message"])
         last = stderr.strip().splitlines()[-1:] or ["no output"]
         raise TokbenchError(f"{backend} worker ({self.interpreter(backend)}) failed to start: {last[0]}")
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    """One protocol line; anything else (an engine printing onto the protocol, a torn line) is
+    a `malformed` message that fails the case rather than the run."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        msg = None
+    if isinstance(msg, dict) and isinstance(msg.get("type"), str):
+        return msg
+    return {"type": "malformed", "line": line[:120].decode(errors="replace")}
 
 
 def send(proc: subprocess.Popen, command: dict[str, Any]) -> bool:
@@ -176,6 +195,7 @@ class WorkerSession:
         self._case: _Serving | None = None
         self.key = key  # the load key it serves (A/B runs match pairs to it)
         self.server_group: int | None = None  # a server the worker started, in its own group
+        self._oom_kills: dict[str, int] | None = None  # the kernel's OOM-kill counts at spawn
 
     # -- one case ------------------------------------------------------------------------------
     def begin(self, case_id: int, index: int, case_request: dict[str, Any], repetitions: int) -> bool:
@@ -183,6 +203,7 @@ class WorkerSession:
         self._case = _Serving(case_id, index, repetitions, CaseResult("running"))
         self.store.update_case(case_id, status="running", started_at=time.time())
         if self.proc is None:
+            self._oom_kills = memory_guard.oom_kills()
             self.proc = self.workers.spawn(self.backend, self.open_request, self._err)
             self.hooks.worker_started(index, self.proc.pid)
             if not self._until("loaded"):
@@ -196,18 +217,35 @@ class WorkerSession:
         """Run n trials of the current case."""
         return self._command({"op": "trials", "n": n}, "block_done")
 
+    def abort(self, exc: BaseException) -> None:
+        """Something outside the worker ended the case (a signal, the store failing): kill the
+        worker's group first, then record what can still be recorded; the exception goes on."""
+        self.kill()
+        if self._case is None:
+            return
+        serving, result = self._case, self._case.result
+        if isinstance(exc, KeyboardInterrupt):
+            result.status, result.error = "interrupted", describe(exc)
+        else:
+            result.status, result.error = "error", f"the runner failed: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):  # the store may be what failed
+            self.store.update_case(serving.case_id, status=result.status, error=result.error,
+                                   finished_at=time.time())
+        self._case = None
+
     def end(self, interrupted: bool = False) -> CaseResult:
         """Finish the current case (its memory figures) and write its final record."""
         assert self._case is not None
         serving, result = self._case, self._case.result
         if interrupted:
-            self.kill()
-            result.status, result.error = "interrupted", "interrupted by the user"
-        elif result.status == "running":
+            self.abort(KeyboardInterrupt())
+            return result
+        if result.status == "running":
             self._command({"op": "end_case"}, "case_done")
         if result.status == "running":  # the worker went away without a word
             result.status = "error"
-            result.error = _describe_exit(self._wait(), result.trials, serving.repetitions)
+            result.error = _describe_exit(self._wait(), result.trials, serving.repetitions,
+                                          self._oom_kills)
             result.detail = self._stderr_tail()
         elif result.status == "error" and not result.detail:
             self._wait()
@@ -222,14 +260,17 @@ class WorkerSession:
     # -- the worker --------------------------------------------------------------------------
     def close(self) -> None:
         """Let the worker finish (or kill it if it does not), and drop its stderr."""
-        if self.proc is not None and self.proc.poll() is None:
-            if not self.dead and send(self.proc, {"op": "close"}):
+        try:
+            if self.proc is not None and self.proc.poll() is None and not self.dead \
+                    and send(self.proc, {"op": "close"}):
                 with contextlib.suppress(OSError):
                     self.proc.stdin.close()  # type: ignore[union-attr]
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(timeout=30)
-            self.kill()
-        self._err.close()
+                    self.proc.wait(timeout=CLOSE_GRACE_S)
+        finally:  # even when a signal cut the wait short
+            if self.proc is not None:
+                self.kill()  # its group too, even when the worker itself exited
+            self._err.close()
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -239,10 +280,10 @@ class WorkerSession:
                 os.killpg(self.server_group, signal.SIGKILL)
         self.dead = True
 
-    def _wait(self) -> int:
+    def _wait(self) -> int | None:
         assert self.proc is not None
         try:
-            return self.proc.wait(timeout=30)
+            return self.proc.wait(timeout=CLOSE_GRACE_S)
         except subprocess.TimeoutExpired:
             self.kill()
             return self.proc.returncode
@@ -275,6 +316,8 @@ class WorkerSession:
                                     "case is just slow")
                     return False
                 self._record(msg)
+                if msg["type"] == "malformed":
+                    self.kill()
                 if msg["type"] == kind:
                     return True
                 if result.status != "running":
@@ -310,6 +353,10 @@ class WorkerSession:
             result.status = "error"
             result.error = msg["message"]
             result.detail = msg.get("traceback")
+        elif kind == "malformed":
+            result.status = "error"
+            result.error = (f"the worker wrote a line that is not protocol ({msg['line']!r}); "
+                            "the worker was killed")
 
     def _record_model(self, reused: bool) -> None:
         assert self._case is not None and self.model is not None
@@ -320,10 +367,17 @@ class WorkerSession:
                                model_reused=int(reused))
 
 
-def _describe_exit(returncode: int, trials: int, wanted: int) -> str:
+def _describe_exit(returncode: int | None, trials: int, wanted: int,
+                   oom_before: dict[str, int] | None) -> str:
+    """Why a worker died without a word. A SIGKILL is called out of memory only when the kernel
+    counted an OOM kill while it ran (memory_guard.oom_kills), since `kill -9` looks the same."""
     done = f"after {trials}/{wanted} trials"
+    if returncode is None:
+        return f"worker could not be reaped {done}"
     if returncode < 0:
         sig = signal.Signals(-returncode).name
-        hint = " (likely out of memory)" if sig == "SIGKILL" else ""
+        hint = ""
+        if sig == "SIGKILL":
+            hint = memory_guard.describe_sigkill(oom_before)
         return f"worker killed by {sig}{hint} {done}"
     return f"worker exited with code {returncode} without a result {done}"

@@ -14,14 +14,17 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import harness
 from backends.registry import load_class, spec_for
+from harness.execution import memory_guard
 from harness.execution.engines import probe_engines
 from harness.execution.lifecycle import CaseResult, Hooks, Workers, WorkerSession
+from harness.execution.live_runs import LiveRun
+from harness.execution.live_runs import describe as describe_contention
 from harness.execution.searches import SearchPlan
 from harness.execution.suite import Case, Suite, load_key
 from harness.hardware import profile as hardware
@@ -34,6 +37,7 @@ class RunOutcome:
     run_id: str
     status: str
     failed: list[tuple[int, str, str]] = field(default_factory=list)  # (index, label, error)
+    live: Any = None  # the run's LiveRun while it runs: checked for contention after each case
 
 
 def worker_groups(cases: list[Case], isolate: bool) -> list[list[int]]:
@@ -76,6 +80,8 @@ class Runner:
     def run(self, command: str) -> RunOutcome:
         suite = self.suite
         resolved = resolve_models(suite.cases)
+        for warning in memory_guard.check_fits(suite.cases, resolved, suite.force):
+            self.hooks.warn(warning)
         engines = probe_engines(self.workers, dict.fromkeys(c.backend for c in suite.cases))
         profile = hardware.collect(bandwidth=self.measure_bandwidth, engines=engines)
         run_id = start_run(self.store, command, profile)
@@ -88,7 +94,7 @@ class Runner:
         self.hooks.run_started(run_id, sum(not c.workload.search for c in suite.cases))
         outcome = RunOutcome(run_id, "complete")
         try:
-            with final_status(self.store, outcome):
+            with final_status(self.store, outcome, self.hooks, command):
                 for group in worker_groups(suite.cases, suite.isolate):
                     self._run_group(group, resolved, case_ids, outcome)
         finally:
@@ -116,7 +122,7 @@ class Runner:
                     else:
                         self.hooks.case_started(i, cases[i])
                         result = self._serve(session, i, case_ids[i], cases[i])
-                        finish_case(outcome, self.hooks, i, cases[i].label(), result)
+                        finish_case(outcome, self.hooks, i, cases[i].label(), result, self.store)
                     if result.status != "ok" and session.model is None:  # the model did not load
                         for j in pending:
                             skip_case(self.store, self.hooks, outcome, j, cases[j], case_ids[j],
@@ -143,7 +149,7 @@ class Runner:
             self.hooks.steps_added(1)
             self.hooks.case_started(index, step)
             result = self._serve(session, index, case_id, step)
-            finish_case(outcome, self.hooks, index, step.label(), result)
+            finish_case(outcome, self.hooks, index, step.label(), result, self.store)
             if result.status != "ok":
                 plan.stop(f"step {index + 1} ({load.name}) failed: {result.error}")
                 break
@@ -161,29 +167,48 @@ class Runner:
             if session.begin(case_id, i, case_request(case, suite.seed + i, suite.warmup),
                              suite.repetitions):
                 session.block(suite.repetitions)
-        except KeyboardInterrupt:
-            session.end(interrupted=True)
+        except BaseException as exc:  # a signal, or the store failing: no worker outlives it
+            session.abort(exc)
             raise
         return session.end()
 
 
 @contextmanager
-def final_status(store: Store, outcome: RunOutcome) -> Iterator[None]:
-    """Record how the run ended: interrupted on Ctrl-C (re-raised), else failed or complete."""
+def final_status(store: Store, outcome: RunOutcome, hooks: Hooks, command: str) -> Iterator[None]:
+    """While the run runs, keep it in the host's live runs (others live meanwhile are recorded
+    as contention); then record how it ended: interrupted by a signal, or failed by an error in
+    the runner (both re-raised), else failed (some cases) or complete."""
+    outcome.live = LiveRun(outcome.run_id, command, str(store.path))
+    note_contention(store, outcome, hooks)
     try:
         yield
-    except KeyboardInterrupt:
-        outcome.status = "interrupted"
-        store.update_run(outcome.run_id, status="interrupted", finished_at=time.time())
+    except BaseException as exc:
+        outcome.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        with suppress(Exception):  # the store may be what failed; `show` then says incomplete
+            store.update_run(outcome.run_id, status=outcome.status, finished_at=time.time())
         raise
+    finally:
+        outcome.live.close()
     outcome.status = "failed" if outcome.failed else "complete"
     store.update_run(outcome.run_id, status=outcome.status, finished_at=time.time())
 
 
-def finish_case(outcome: RunOutcome, hooks: Hooks, index: int, label: str, result: CaseResult) -> None:
+def note_contention(store: Store, outcome: RunOutcome, hooks: Hooks) -> None:
+    """Record and say every other run live on this host that was not seen before."""
+    new = outcome.live.check() if outcome.live is not None else []
+    if new:
+        store.update_run(outcome.run_id, contended=list(outcome.live.seen.values()))
+        for other in new:
+            hooks.warn(describe_contention(other))
+
+
+def finish_case(outcome: RunOutcome, hooks: Hooks, index: int, label: str, result: CaseResult,
+                store: Store | None = None) -> None:
     if result.status not in ("ok", "interrupted"):
         outcome.failed.append((index, label, result.error or result.status))
     hooks.case_done(index, result.status, result.error)
+    if store is not None:
+        note_contention(store, outcome, hooks)
 
 
 def skip_case(store: Store, hooks: Hooks, outcome: RunOutcome, index: int, case: Case, case_id: int,

@@ -76,6 +76,7 @@ class Suite:
     isolate: bool = False  # one worker per case (a model load each), instead of one per load
     requests: int | None = None  # serving loads that name no count or duration: this many
     slo: dict[str, float] = field(default_factory=dict)  # ms; goodput is judged against them
+    force: bool = False  # run cases the memory pre-check says cannot fit
 
     def __post_init__(self) -> None:
         search = next((c.workload for c in self.cases if getattr(c.workload, "kind", "") == "capacity"),

@@ -198,31 +198,55 @@ def _entries(label: str, bases: list[dict[str, Any]], cur: dict[str, Any], confi
 
 # -- fingerprints --------------------------------------------------------------------------------
 def _differences(base: dict[str, Any], cur: dict[str, Any]) -> list[str]:
-    diffs = []
-    for key in dict.fromkeys([*base, *cur]):
-        a, b = base.get(key), cur.get(key)
-        if key == "engines" and isinstance(a, dict) and isinstance(b, dict):
-            for name in a.keys() & b.keys():
-                for field_name in dict.fromkeys([*a[name], *b[name]]):
-                    x, y = a[name].get(field_name), b[name].get(field_name)
-                    if x != y:
-                        diffs.append(f"{name} {field_name}: {x!r} vs {y!r}")
-        elif a != b:
-            diffs.append(f"{key}: {a!r} vs {b!r}")
-    return diffs
+    return [f"{key}: {base.get(key)!r} vs {cur.get(key)!r}" for key in dict.fromkeys([*base, *cur])
+            if base.get(key) != cur.get(key)]
+
+
+def _engine_build(run: dict[str, Any], name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A backend's engine fields in a run's hard fingerprint. A field that an older tokbench left
+    out of the fingerprint comes from the engine probe stored in the run's profile when the probe
+    reported it (vLLM's probe reported its build, device type and torch version before the
+    fingerprint held them)."""
+    profile = run.get("profile")
+    probed = (profile.get("engines") or {}).get(name) if isinstance(profile, dict) else None
+    return {**probed, **fields} if isinstance(probed, dict) else fields
+
+
+def _hard_differences(baseline: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(hard fields that differ; engine fields only one run recorded, which cannot be checked)."""
+    base, cur = baseline["fingerprint"].get("hard", {}), current["fingerprint"].get("hard", {})
+    diffs = _differences({k: v for k, v in base.items() if k != "engines"},
+                         {k: v for k, v in cur.items() if k != "engines"})
+    unrecorded: list[str] = []
+    a, b = base.get("engines"), cur.get("engines")
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return diffs + _differences({"engines": a}, {"engines": b}), unrecorded
+    for name in [n for n in a if n in b]:
+        x_fields, y_fields = _engine_build(baseline, name, a[name]), _engine_build(current, name, b[name])
+        for field_name in dict.fromkeys([*a[name], *b[name]]):
+            if field_name not in x_fields or field_name not in y_fields:
+                side, value = (("baseline", y_fields[field_name]) if field_name not in x_fields
+                               else ("current", x_fields[field_name]))
+                unrecorded.append(f"{name} {field_name} is not recorded in the {side} run "
+                                  f"(an older tokbench; the other run has {value!r}), so it is not checked")
+            elif x_fields[field_name] != y_fields[field_name]:
+                diffs.append(f"{name} {field_name}: {x_fields[field_name]!r} vs {y_fields[field_name]!r}")
+    return diffs, unrecorded
 
 
 def check_fingerprints(baseline: dict[str, Any], current: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """(why not comparable, or None; soft-field warnings)."""
+    """(why not comparable, or None; warnings: soft fields that differ, and engine fields that
+    only one run recorded)."""
     fb, fc = baseline["run"].get("fingerprint"), current["run"].get("fingerprint")
     if not fb or not fc:
         which = "baseline" if not fb else "current"
         return f"the {which} run has no fingerprint; re-run it with this tokbench", []
-    hard = _differences(fb.get("hard", {}), fc.get("hard", {}))
+    hard, unrecorded = _hard_differences(baseline["run"], current["run"])
     if hard:
         return "hard fingerprint fields differ (baseline vs current): " + "; ".join(hard), []
     return None, [f"soft fingerprint field differs, {d}" for d in _differences(fb.get("soft", {}),
-                                                                            fc.get("soft", {}))]
+                                                                            fc.get("soft", {}))] + [
+        f"hard fingerprint field {u}" for u in unrecorded]
 
 
 # -- entry points ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +151,9 @@ class Comparison:
     thresholds: Thresholds = field(default_factory=Thresholds)
     paired: bool = False  # the interval resampled ABBA pairs
     drift: Drift | None = None  # run-to-run drift widened the interval (a stored baseline)
+    #: A sequential `ab` case (harness.gate.sequential): trials taken per arm, why it stopped, and
+    #: its budget; the interval is then the confidence sequence's, and p-values are not computed.
+    sequential: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)

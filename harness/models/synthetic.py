@@ -329,16 +329,23 @@ def ensure(name: str | ModelSpec, quant: str, *, directory: Path | None = None, 
     directory = directory or cache_dir()
     path = directory / f"{spec.name}-{quant}.gguf"
     expected = _manifest(spec, quant, seed)
-    problem = cached_file_problem(path, expected)
-    if problem is None:
-        return path
-    if problem != "missing" and log:
-        log(f"cached {path.name}: {problem}; generating it again")
-    meta = path.with_name(path.name + ".json")
-    meta.unlink(missing_ok=True)
-    path.unlink(missing_ok=True)
-    synthesize(spec, quant, path, seed=seed, progress=progress)
-    meta.write_text(json.dumps({**expected, "digest": _samples_digest(path)}, indent=1))
+    with cache.exclusive(path, f"synthetic model {path.name}", log):
+        problem = cached_file_problem(path, expected)
+        if problem is None:
+            return path
+        if problem != "missing" and log:
+            log(f"cached {path.name}: {problem}; generating it again")
+        meta = path.with_name(path.name + ".json")
+        meta.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        try:
+            synthesize(spec, quant, path, seed=seed, progress=progress)
+            meta.write_text(json.dumps({**expected, "digest": _samples_digest(path)}, indent=1))
+        except OSError as exc:  # a full disk part-way: no file is left that looks whole
+            meta.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            raise TokbenchError(f"cannot write synthetic model {path} ({exc.strerror or exc}): "
+                                "free space, or set TOKBENCH_CACHE to another disk") from None
     return path
 
 
