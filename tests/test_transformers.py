@@ -95,11 +95,13 @@ def test_prefill_is_faster_per_token_than_decode(run: pd.DataFrame) -> None:
 
 
 def test_batched_decode_beats_one_sequence_in_aggregate(run: pd.DataFrame) -> None:
-    """Four sequences per forward cost far less than four forwards: > 1.2× on any CPU."""
+    """Four sequences per forward cost less than four forwards. How much less depends on the
+    CPU: a compute-bound 2-core AMD EPYC measured 1.10× in CI (1.2× and more elsewhere), while
+    four forwards one after another give 1.0×, so the bound is 1.05×."""
     decode = run[(run["workload"] == "pp32+tg8") & (run["phase"] == "tg")]
     for model, rows in decode.groupby("model"):
         by_batch = dict(zip(rows["param_batch"], rows["tps_median"], strict=True))
-        assert by_batch[4] > 1.2 * by_batch[1], (model, by_batch)
+        assert by_batch[4] > 1.05 * by_batch[1], (model, by_batch)
 
 
 def test_the_cache_holds_the_depth(run: pd.DataFrame) -> None:
