@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from harness.common import cache
 from harness.common.errors import TokbenchError
 from results.schema import (
     CASE_FIELDS,
@@ -44,11 +45,7 @@ class _CannotWrite(TokbenchError):
 
 def lock_timeout_s() -> float:
     """How long a writer waits for a lock another process holds ($TOKBENCH_LOCK_TIMEOUT)."""
-    text = os.environ.get("TOKBENCH_LOCK_TIMEOUT", "")
-    try:
-        return float(text) if text else 30.0
-    except ValueError:
-        raise TokbenchError(f"TOKBENCH_LOCK_TIMEOUT={text!r} is not a number of seconds") from None
+    return cache.lock_timeout_s(30.0)
 
 
 def _decode(row: sqlite3.Row) -> dict[str, Any]:

@@ -61,16 +61,21 @@ def put(kind: str, key: str, value: Any) -> None:
         return
 
 
+def lock_timeout_s(default: float) -> float:
+    """How long to wait for a lock another process holds: $TOKBENCH_LOCK_TIMEOUT, else `default`."""
+    text = os.environ.get("TOKBENCH_LOCK_TIMEOUT", "")
+    try:
+        return float(text) if text else default
+    except ValueError:
+        raise TokbenchError(f"TOKBENCH_LOCK_TIMEOUT={text!r} is not a number of seconds") from None
+
+
 @contextlib.contextmanager
 def exclusive(path: Path, what: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold `path`.lock while checking or writing a cached file, so two runs never write one
     file; the second waits ($TOKBENCH_LOCK_TIMEOUT seconds, default an hour) and then finds it
     written. The kernel drops the lock when its holder dies, so a crash leaves nothing stale."""
-    text = os.environ.get("TOKBENCH_LOCK_TIMEOUT", "")
-    try:
-        timeout = float(text) if text else 3600.0
-    except ValueError:
-        raise TokbenchError(f"TOKBENCH_LOCK_TIMEOUT={text!r} is not a number of seconds") from None
+    timeout = lock_timeout_s(3600.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:
