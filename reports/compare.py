@@ -8,13 +8,22 @@ so above and below the table.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from harness.gate.matching import case_key, case_label, case_metrics, check_fingerprints, metric_values
+from harness.gate.matching import (
+    case_key,
+    case_label,
+    case_metrics,
+    check_fingerprints,
+    metric_values,
+    tool_of,
+)
 from harness.gate.statistics import compare
 
 EXIT_OK, EXIT_NOT_COMPARABLE = 0, 4
@@ -73,19 +82,49 @@ def _rows(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[dict[str, 
     return out
 
 
+def _cross_tool_key(case: dict[str, Any], params: list[str], by_id: bool) -> tuple[Any, ...]:
+    """What must be equal across tools: the engine, the model (its identity, else its size and
+    llama.cpp's description of it), the workload and the parameters both tools record."""
+    model = case.get("model_id") if by_id else (case.get("model_size_bytes"), case.get("model_desc"))
+    shown = {k: v for k, v in (case.get("params") or {}).items() if k in params}
+    return (case["backend"], model, case["workload"], json.dumps(shown, sort_keys=True), case.get("arm"))
+
+
+def _keyer(doc_a: dict[str, Any], doc_b: dict[str, Any], warnings: list[str]
+           ) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """case_key within one tool; across tools, a key on what both record, said in `warnings`."""
+    if tool_of(doc_a["run"]) == tool_of(doc_b["run"]):
+        return case_key
+    cases = doc_a["cases"] + doc_b["cases"]
+    keys = [set((c.get("params") or {}).keys()) for c in cases]
+    shared = sorted(set.intersection(*keys)) if keys else []
+    only = sorted(set.union(*keys) - set(shared)) if keys else []
+    if only:
+        warnings.append(f"across tools, cases match on the parameters both record ({', '.join(shared)}); "
+                        f"not compared: {', '.join(only)}")
+    by_id = all(c.get("model_id") for c in cases)
+    if not by_id:
+        warnings.append("models matched by size and description: a file's model is not readable here, "
+                        "so its identity (size + header hash) is unknown")
+    return lambda c: _cross_tool_key(c, shared, by_id)
+
+
 def compare_documents(doc_a: dict[str, Any], doc_b: dict[str, Any], force: bool = False) -> RunComparison:
-    """Every case of either run, matched by case key; ratios are B's speed over A's (> 1: B faster)."""
-    not_comparable, warnings = check_fingerprints(doc_a, doc_b)
+    """Every case of either run, matched by case key; ratios are B's speed over A's (> 1: B faster).
+    Runs from different tools (an imported llama-bench run and a tokbench run) compare too: their
+    engines may differ, and cases match on what both record."""
+    not_comparable, warnings = check_fingerprints(doc_a, doc_b, across_tools=True)
     result = RunComparison(doc_a["run"]["run_id"], doc_b["run"]["run_id"], pd.DataFrame(),
                            not_comparable, force, warnings)
     if not_comparable and not force:
         return result
-    index_a = {case_key(c): c for c in doc_a["cases"]}
+    key = _keyer(doc_a, doc_b, result.warnings)
+    index_a = {key(c): c for c in doc_a["cases"]}
     keys_b = set()
     rows = []
     for b in doc_b["cases"]:
-        keys_b.add(case_key(b))
-        rows += _rows(index_a.get(case_key(b)), b)
+        keys_b.add(key(b))
+        rows += _rows(index_a.get(key(b)), b)
     rows += [r for k, a in index_a.items() if k not in keys_b for r in _rows(a, None)]
     result.rows = pd.DataFrame(rows)
     return result

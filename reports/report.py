@@ -61,6 +61,16 @@ def _num(x: float | None, fmt: str = ",.1f") -> str:
 def _run_line(rd: cmp.RunData, store: Store) -> str:
     run, profile = rd.run, rd.run.get("profile") or {}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["started_at"]))
+    source = run.get("source")
+    if source:  # imported: only what its file states about the machine
+        tool = " ".join(str(x) for x in (source.get("tool"), source.get("version")) if x)
+        stated = (source.get("machine") or {}).items()
+        machine = "; ".join(f"{k} {v}" for k, v in stated if v not in ("", None))
+        return (f"run {run['run_id']} (imported, {started}): {tool}, {source.get('format')} "
+                f"{Path(str(source.get('file'))).name}"
+                + (f"; the file says: {machine}" if machine else "")
+                + ("; aggregates only" if not source.get("samples", True) else "")
+                + f"; not stated: {', '.join(source.get('unknown') or []) or 'nothing'}")
     bw = (profile.get("memory_bandwidth") or {}).get("copy_gbps")
     ram = (profile.get("ram_bytes") or 0) / 2**30
     return (f"run {run['run_id']} ({store.run_state(run)}, {started}): "

@@ -101,30 +101,38 @@ def read_document(path: str | Path) -> dict[str, Any]:
 def import_document(store: Store, path: str | Path) -> str:
     """Insert a run exported as JSON; return its run id. Refuses newer schemas and duplicates."""
     doc = read_document(path)
+    if not store_document(store, doc):
+        raise TokbenchError(f"run {doc['run']['run_id']} is already in {store.path}")
+    return str(doc["run"]["run_id"])
+
+
+def store_document(store: Store, doc: dict[str, Any]) -> bool:
+    """Insert a run document (exported, or built by an importer) in one transaction, so an
+    interrupted import leaves no half run. False, and nothing written, when its run id is stored."""
     run = doc["run"]
-    if any(r["run_id"] == run["run_id"] for r in store.runs()):
-        raise TokbenchError(f"run {run['run_id']} is already in {store.path}")
+    if store.has_run(run["run_id"]):
+        return False
     with store.transaction():
-        store.add_run(**run)
+        store.add_run(**{k: v for k, v in run.items() if k in names(RUN_FIELDS)})
         for case in doc["cases"]:
-            trials = case.pop("trials")
-            requests = case.pop("requests", [])
-            case_id = store.add_case(run_id=run["run_id"], **case)
-            for t in trials:
+            fields = {k: v for k, v in case.items() if k not in ("trials", "requests")}
+            case_id = store.add_case(run_id=run["run_id"], **fields)
+            for t in case.get("trials", []):
                 store.add_trial(case_id, t["trial"], [t], t.get("started_at"))
+            requests = case.get("requests") or []
             for trial in sorted({r["trial"] for r in requests}):
                 store.add_trial(case_id, trial, [], requests=[r for r in requests if r["trial"] == trial])
-    return run["run_id"]
+    return True
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def csv_text(frame: pd.DataFrame) -> str:
     """CSV of a frame whose text cells cannot run as spreadsheet formulas: a string that starts
     with = + - @ (or a tab or CR) gets a leading ' (OWASP's advice); numbers stay numbers."""
     def guard(v: object) -> object:
-        return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v
 
     text_columns = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
     return frame.assign(**{c: frame[c].map(guard) for c in text_columns}).to_csv(index=False)

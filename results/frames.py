@@ -6,6 +6,7 @@ went wrong silently disappears from a table or a report.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -17,9 +18,11 @@ from results.store import Store
 
 _CASE_COLUMNS = [n for n in names(CASE_FIELDS)
                  if n not in ("params", "param_defaults", "engine", "memory", "load", "client", "notes",
-                                  "sweep")]
+                                  "sweep", "aggregate")]
 #: The phase a serving trial stores: output tokens over the trial's wall time.
 SERVING_PHASE = "out"
+#: llama-bench's pg test (imported): prompt and generated tokens over one timing of both.
+COMBINED_PHASE = "pg"
 
 
 def trials_frame(store: Store, run_id: str) -> pd.DataFrame:
@@ -48,18 +51,26 @@ def cases_frame(store: Store, run_id: str) -> pd.DataFrame:
         base.update({f"param_{k}": v for k, v in (case["params"] or {}).items()})
         base["defaults"] = case.get("param_defaults") or {}
         mine = trials[trials["case_id"] == case["case_id"]]
+        aggregate = case.get("aggregate")
         if case.get("load"):
             phases = [SERVING_PHASE]
+        elif aggregate and aggregate.get("phase"):
+            phases = [aggregate["phase"]]
+        elif (mine["phase"] == COMBINED_PHASE).any():
+            phases = [COMBINED_PHASE]
         else:
             phases = [p for p, n in (("pp", case["n_prompt"]), ("tg", case["n_gen"])) if n]
         for phase in phases:
             sub = mine[mine["phase"] == phase]
-            s = summarize(rates(sub["n_tokens"].tolist(), sub["duration_ns"].tolist()))
-            test = case["workload"] if phase == SERVING_PHASE else phase_test_name(
+            s = summarize(rates(sub["n_tokens"].tolist(), sub["duration_ns"].tolist())).as_dict()
+            if aggregate and sub.empty and "tps_mean" in aggregate:
+                s.update(n=aggregate.get("n_trials") or 0, mean=aggregate["tps_mean"],
+                         stddev=aggregate.get("tps_stddev", math.nan))
+            test = case["workload"] if phase in (SERVING_PHASE, COMBINED_PHASE) else phase_test_name(
                 case["workload"], phase, case["n_prompt"], case["n_gen"], case["n_depth"])
             rows.append({
                 **base, "phase": phase, "test": test,
-                **{f"tps_{k}" if k != "n" else "n_trials": v for k, v in s.as_dict().items()},
+                **{f"tps_{k}" if k != "n" else "n_trials": v for k, v in s.items()},
             })
     columns = _CASE_COLUMNS + names(STAT_FIELDS)
     df = pd.DataFrame(rows)
@@ -83,7 +94,8 @@ def requests_frame(store: Store, run_id: str) -> pd.DataFrame:
 def serving_frame(store: Store, run_id: str, slo: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per serving case: counts, rates, and each latency's mean and percentiles with
     intervals (columns like ttft_p99, ttft_p99_low); goodput under `slo`, else under the SLOs the
-    run was given."""
+    run was given. An imported case without request records shows the figures its tool reported
+    (its aggregate's "serving" block, under these names), without intervals."""
     requests = store.requests(run_id)
     trials = trials_frame(store, run_id)
     rows = []
@@ -94,6 +106,11 @@ def serving_frame(store: Store, run_id: str, slo: dict[str, float] | None = None
         wall = trials[(trials["case_id"] == case["case_id"]) & (trials["phase"] == SERVING_PHASE)]
         summary = serving.summarize(mine, float(wall["duration_ns"].sum()) / 1e9,
                                     slo or case["load"].get("slo"))
+        kept = (case.get("aggregate") or {}).get("serving")
+        if kept and not mine:  # imported without request records: the tool's own figures
+            summary.update({k: v for k, v in kept.items() if k not in serving.LATENCIES})
+            summary.update({k: {**summary[k], **kept[k]} for k in serving.LATENCIES
+                            if isinstance(kept.get(k), dict)})
         row = {k: case[k] for k in _CASE_COLUMNS}
         row.update({f"param_{k}": v for k, v in (case["params"] or {}).items()})
         row["defaults"] = case.get("param_defaults") or {}

@@ -224,15 +224,20 @@ def load_devices(path: Path | None = None) -> dict[str, Device]:
 
 
 def local_device(run: dict[str, Any]) -> Device:
-    """This machine as a device, from a stored run's profile: measured copy bandwidth, RAM."""
+    """This machine as a device, from a stored run's profile: measured copy bandwidth, RAM. An
+    imported run's machine is the one its file names (its CPU, where stated), with no bandwidth."""
     profile = run.get("profile") or {}
     bw = (profile.get("memory_bandwidth") or {}).get("copy_gbps")
-    name = profile.get("cpu_brand") or run.get("host") or "unknown CPU"
+    source = run.get("source")
+    stated = ((run.get("fingerprint") or {}).get("hard") or {}).get("cpu_brand") if source else None
+    name = profile.get("cpu_brand") or stated or run.get("host") or "unknown CPU"
     cores = profile.get("physical_cores")
     note = ("bandwidth measured by tokbench's copy probe (GB/s read + written)" if bw else
+            f"imported from {source.get('tool')}: no bandwidth measured, no roofline" if source else
             "no bandwidth stored (the run used --no-bandwidth): no roofline")
+    where = f"{source.get('tool')}'s machine" if source else "this machine"
     return Device(
-        key=f"local:{run['run_id']}", name=f"this machine: {name}" + (f", {cores} cores" if cores else ""),
+        key=f"local:{run['run_id']}", name=f"{where}: {name}" + (f", {cores} cores" if cores else ""),
         kind="measured", bandwidth_gbs=bw, memory_gb=(profile.get("ram_bytes") or 0) / 1e9 or None,
         tdp_w=None, compute=None, source_title=f"run {run['run_id']} profile", source_url="",
         notes=note, measured=True,

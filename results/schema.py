@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 6  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
+SCHEMA_VERSION = 7  # v2: cases.arm (A/B runs); v3: cases.param_defaults, cases.model_reused;
 # v4: serving cases (cases.load, cases.client, cases.notes, the requests table); v5: cases.sweep,
-# requests.conversation/turn/client_process/server_timings; v6: runs.contended
+# requests.conversation/turn/client_process/server_timings; v6: runs.contended; v7: runs.source,
+# cases.aggregate (imported runs)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ RUN_FIELDS = (
     Field("profile", "TEXT", "hardware/software profile (JSON)"),
     Field("fingerprint", "TEXT", "hard and soft fingerprint fields (JSON)"),
     Field("contended", "TEXT", "other tokbench runs live on this host during the run (JSON list)"),
+    Field("source", "TEXT", "an imported run: the tool, its version and build, the file and its sha256, "
+                            "what the file says about the machine, and what it does not say (JSON); "
+                            "NULL for a run tokbench measured"),
 )
 
 CASE_FIELDS = (
@@ -79,6 +83,8 @@ CASE_FIELDS = (
     Field("sweep", "TEXT", "a point of a sweep or capacity search: its search id, kind (sweep | "
                            "capacity), step, load level, and the rule that chose or ended it (JSON); "
                            "NULL for a case of a fixed grid"),
+    Field("aggregate", "TEXT", "an imported case whose file kept no per-trial samples: the statistics "
+                               "the tool reported, under its own names (JSON); NULL otherwise"),
 )
 
 TRIAL_FIELDS = (

@@ -28,7 +28,8 @@ from results.schema import (
 )
 
 _JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns",
-                 "load", "client", "notes", "chunk_ns", "sweep", "server_timings", "contended"}
+                 "load", "client", "notes", "chunk_ns", "sweep", "server_timings", "contended",
+                 "source", "aggregate"}
 
 
 def default_path() -> Path:
@@ -229,6 +230,9 @@ class Store:
             "FROM runs r ORDER BY started_at"
         ).fetchall()
         return [_decode(r) for r in rows]
+
+    def has_run(self, run_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
 
     def resolve_run(self, ref: str) -> str:
         """A run id from `last`, `last~N`, a full id or a unique prefix."""

@@ -149,10 +149,13 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     state = store.run_state(run)
     profile = run["profile"] or {}
     console.print(f"[bold]run {run_id}[/bold] · {state} · {escape(run['command'])}")
-    cpu = escape(str(profile.get("cpu_brand")))
-    console.print(f"machine: {cpu} · {profile.get('physical_cores')} cores · "
-                  f"{(profile.get('ram_bytes') or 0) / 2**30:.0f} GiB · "
-                  f"bandwidth {(profile.get('memory_bandwidth') or {}).get('copy_gbps', '–')} GB/s")
+    if run.get("source"):
+        print_source(run["source"], console)
+    else:
+        cpu = escape(str(profile.get("cpu_brand")))
+        console.print(f"machine: {cpu} · {profile.get('physical_cores')} cores · "
+                      f"{(profile.get('ram_bytes') or 0) / 2**30:.0f} GiB · "
+                      f"bandwidth {(profile.get('memory_bandwidth') or {}).get('copy_gbps', '–')} GB/s")
     print_contention(run, console)
     cases = store.cases(run_id)
     n_ok = sum(c["status"] == "ok" for c in cases)
@@ -163,6 +166,25 @@ def cmd_show(args: argparse.Namespace, console: Console) -> int:
     print_serving(store, run_id, console)
     print_searches(store, run_id, console)
     return EXIT_OK
+
+
+def print_source(source: dict[str, Any], console: Console) -> None:
+    """Where an imported run came from, what its file says about the machine, and what it does not."""
+    tool = " ".join(str(x) for x in (source.get("tool"), source.get("version")) if x)
+    build = f", build {source['build']}" if source.get("build") else ""
+    lines = [f"imported from {source.get('file')} ({source.get('format')}; {tool}{build}; "
+             f"sha256 {str(source.get('sha256'))[:12]})"]
+    machine = source.get("machine") or {}
+    if machine:
+        stated = [f"{k} {v}" for k, v in machine.items() if v not in ("", None)]
+        lines.append("the file says: " + " · ".join(stated))
+    if not source.get("samples", True):
+        lines.append("aggregates only: the file keeps no per-trial samples (no median or interval; "
+                     "refused as a gate baseline)")
+    if source.get("unknown"):
+        lines.append("not stated in the file: " + "; ".join(source["unknown"]))
+    for line in lines:
+        console.print(escape(line), highlight=False)
 
 
 def print_contention(run: dict[str, Any], console: Console) -> None:
@@ -227,8 +249,9 @@ def cmd_capacity(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
+    from harness.interop.exports import EXPORTS, export
     from reports.tables import summary_table, to_markdown
-    from results.export import WRITERS
+    from results.export import WRITERS, run_document
     from results.frames import cases_frame
 
     store = store_of(args, create=False)
@@ -241,6 +264,8 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
         serving = serving_frame(store, run_id)
         if not serving.empty:
             text += "\n" + to_markdown(serving_table(serving), right=SERVING_RIGHT)
+    elif args.format in EXPORTS:
+        text = export(args.format, run_document(store, run_id))
     else:
         text = WRITERS[args.format](store, run_id)
     if args.output:
@@ -252,12 +277,45 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_import(args: argparse.Namespace, console: Console) -> int:
-    from results.export import import_document
+    from harness.interop.formats import read
+    from results.export import store_document
 
     store = store_of(args)
     for path in args.files:
-        console.print(f"imported run {import_document(store, path)} from {escape(str(path))}")
+        fmt, docs = read(path, args.model)
+        if fmt.companion_of:
+            console.print(f"skipped {escape(str(path))}: a {fmt.name}, read with {fmt.companion_of}",
+                          highlight=False)
+        for doc in docs:
+            run, cases = doc["run"], doc["cases"]
+            what = f"{fmt.name}, {len(cases)} case{'s' * (len(cases) != 1)}"
+            if store_document(store, doc):
+                console.print(f"imported run {run['run_id']} from {escape(str(path))} ({what})",
+                              highlight=False)
+            else:
+                console.print(f"run {run['run_id']} from {escape(str(path))} is already in the store; "
+                              "skipped", highlight=False)
+            for line in import_notes(doc):
+                console.print(f"  {escape(line)}", highlight=False)
     return EXIT_OK
+
+
+def import_notes(doc: dict[str, Any]) -> list[str]:
+    """What an imported run lacks, said once at import: aggregates only, models matched by name."""
+    from harness.interop.documents import MODEL_NOT_STATED
+
+    source = doc["run"].get("source") or {}
+    out = []
+    if source and not source.get("samples", True):
+        out.append("aggregates only (the file keeps no per-trial samples): shown, but refused as a "
+                   "gate baseline")
+    if source and any(c["model"] == MODEL_NOT_STATED for c in doc["cases"]):
+        out.append("the file names no model: import it again with --model to state it (a separate run)")
+    by_name = sorted({c["model"] for c in doc["cases"] if not c.get("model_id")} - {MODEL_NOT_STATED})
+    if source and by_name:
+        out.append(f"model identified by name only ({', '.join(by_name)}): not a readable model file "
+                   "here, so it matches other runs by name, size and description")
+    return out
 
 
 # -- parser ---------------------------------------------------------------------------------------
@@ -303,12 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a stored run")
     export.add_argument("run", nargs="?", default="last", help="run id, prefix, last or last~N")
-    export.add_argument("--format", choices=("json", "jsonl", "csv", "md"), default="json")
+    export.add_argument("--format", default="json",
+                        choices=("json", "jsonl", "csv", "md", "llama-bench-json", "llama-bench-jsonl",
+                                 "llama-bench-csv", "vllm-bench-serve"),
+                        help="tokbench's json (lossless; `tokbench import` reads it), jsonl, csv or md; "
+                             "llama-bench's json, jsonl or csv (compare-llama-bench.py reads them); "
+                             "a vllm bench serve --save-result JSON for a serving run")
     export.add_argument("-o", "--output", help="file to write (default stdout)")
     export.set_defaults(func=cmd_export)
 
-    imp = sub.add_parser("import", help="import runs exported with --format json")
+    imp = sub.add_parser("import", help="import results: tokbench JSON, llama-bench, llama-batched-bench, "
+                                        "vllm bench, GuideLLM, AIPerf (the format is detected)")
     imp.add_argument("files", nargs="+")
+    imp.add_argument("--model", help="the model (a path, as for run) a file's results are for, where the "
+                                     "file does not name it (llama-batched-bench)")
     imp.set_defaults(func=cmd_import)
 
     models_cli.add_parser(sub)

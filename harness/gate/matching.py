@@ -159,6 +159,9 @@ def case_metrics(case: dict[str, Any]) -> list[Metric]:
     """Metrics the case's workload times: prefill and decode, or a serving case's latencies."""
     if case.get("load"):
         return [m for m in METRICS.values() if m.phase in serving.LATENCIES]
+    timed = {t["phase"] for t in case.get("trials") or []} | {(case.get("aggregate") or {}).get("phase")}
+    if "pg" in timed:  # llama-bench times pp and tg together in its pg test
+        return [METRICS["combined"]]
     phases = {"pp": case["n_prompt"] > 0, "tg": case["n_gen"] > 0}
     return [m for m in METRICS.values() if phases.get(m.phase, False)]
 
@@ -212,12 +215,32 @@ def _engine_build(run: dict[str, Any], name: str, fields: dict[str, Any]) -> dic
     return {**probed, **fields} if isinstance(probed, dict) else fields
 
 
-def _hard_differences(baseline: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(hard fields that differ; engine fields only one run recorded, which cannot be checked)."""
+def _unstated(run: dict[str, Any]) -> list[str]:
+    """Hard fields an imported run's file does not state (its fingerprint's "unknown")."""
+    return list((run.get("fingerprint") or {}).get("unknown") or [])
+
+
+def tool_of(run: dict[str, Any]) -> str:
+    """The tool that measured a run: tokbench, or the source tool of an imported one."""
+    return str((run.get("source") or {}).get("tool") or "tokbench")
+
+
+def _hard_differences(baseline: dict[str, Any], current: dict[str, Any], across_tools: bool = False
+                      ) -> tuple[list[str], list[str]]:
+    """(hard fields that differ; fields that cannot be checked: engine fields only one run recorded,
+    and fields an imported run's file does not state). `across_tools`: the engines are what is
+    compared, so their builds are reported, not refused."""
     base, cur = baseline["fingerprint"].get("hard", {}), current["fingerprint"].get("hard", {})
-    diffs = _differences({k: v for k, v in base.items() if k != "engines"},
-                         {k: v for k, v in cur.items() if k != "engines"})
-    unrecorded: list[str] = []
+    unstated = {k: side for side, run in (("baseline", baseline), ("current", current))
+                for k in _unstated(run)}
+    skipped = [*unstated, "engines"]  # engines: field by field below
+    diffs = _differences({k: v for k, v in base.items() if k not in skipped},
+                         {k: v for k, v in cur.items() if k not in skipped})
+    tools = {"baseline": tool_of(baseline), "current": tool_of(current)}
+    unrecorded = [f"{k} is not stated by the {side} run's file ({tools[side]}), so it is not checked"
+                  for k, side in unstated.items()]
+    if across_tools or "engines" in unstated:
+        return diffs, unrecorded
     a, b = base.get("engines"), cur.get("engines")
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return diffs + _differences({"engines": a}, {"engines": b}), unrecorded
@@ -234,19 +257,46 @@ def _hard_differences(baseline: dict[str, Any], current: dict[str, Any]) -> tupl
     return diffs, unrecorded
 
 
-def check_fingerprints(baseline: dict[str, Any], current: dict[str, Any]) -> tuple[str | None, list[str]]:
-    """(why not comparable, or None; warnings: soft fields that differ, and engine fields that
-    only one run recorded)."""
+def _engine_line(run: dict[str, Any]) -> str:
+    engines = (run.get("fingerprint") or {}).get("hard", {}).get("engines") or {}
+    builds = [" ".join(str(v) for v in (e.get("engine"), e.get("engine_version"),
+                                        e.get("build_commit") or e.get("ggml_commit")) if v)
+              for e in engines.values() if isinstance(e, dict)]
+    return f"{tool_of(run)} ({'; '.join(builds) or 'engine not stated'})"
+
+
+def check_fingerprints(baseline: dict[str, Any], current: dict[str, Any], across_tools: bool = False
+                       ) -> tuple[str | None, list[str]]:
+    """(why not comparable, or None; warnings: soft fields that differ, and hard fields that cannot
+    be checked). `across_tools` (compare): runs measured by different tools (tokbench, or an imported
+    run's tool) may differ in their engines, which is what such a comparison shows, and say so."""
     fb, fc = baseline["run"].get("fingerprint"), current["run"].get("fingerprint")
     if not fb or not fc:
         which = "baseline" if not fb else "current"
         return f"the {which} run has no fingerprint; re-run it with this tokbench", []
-    hard, unrecorded = _hard_differences(baseline["run"], current["run"])
+    across = across_tools and tool_of(baseline["run"]) != tool_of(current["run"])
+    hard, unrecorded = _hard_differences(baseline["run"], current["run"], across_tools=across)
     if hard:
         return "hard fingerprint fields differ (baseline vs current): " + "; ".join(hard), []
-    return None, [f"soft fingerprint field differs, {d}" for d in _differences(fb.get("soft", {}),
-                                                                            fc.get("soft", {}))] + [
-        f"hard fingerprint field {u}" for u in unrecorded]
+    soft_a, soft_b = fb.get("soft", {}), fc.get("soft", {})
+    both = [k for k in soft_a if k in soft_b]  # an imported run's file states few of them
+    warnings = [f"soft fingerprint field differs, {d}"
+                for d in _differences({k: soft_a[k] for k in both}, {k: soft_b[k] for k in both})]
+    warnings += [f"hard fingerprint field {u}" for u in unrecorded]
+    if across:
+        warnings.append(f"across tools: {_engine_line(baseline['run'])} vs {_engine_line(current['run'])}; "
+                        "the ratio includes the tools' own differences")
+    return None, warnings
+
+
+def aggregate_only(doc: dict[str, Any]) -> str | None:
+    """Why an imported run cannot be a gate baseline or current run: its file kept no samples."""
+    source = doc["run"].get("source") or {}
+    if source and not source.get("samples", True):
+        return (f"run {doc['run']['run_id']} was imported from {source.get('format')}, which keeps only "
+                "aggregates: the gate needs per-trial samples (import a format that keeps them, such as "
+                "llama-bench -o json or jsonl, or vllm bench serve --save-detailed)")
+    return None
 
 
 # -- entry points ----------------------------------------------------------------------------------
@@ -275,7 +325,11 @@ def compare_runs(baselines: list[dict[str, Any]], current: dict[str, Any], confi
                         _run_info(current), strict=strict, config=config.source)
     if not baselines:
         report.not_comparable = missing or "no baseline"
-    for doc in baselines:
+    for doc in [*baselines, current]:
+        if aggregate_only(doc):
+            report.not_comparable = aggregate_only(doc)
+            break
+    for doc in baselines if not report.not_comparable else []:
         refused, warnings = check_fingerprints(doc, current)
         if refused:
             report.not_comparable = (f"baseline run {doc['run']['run_id']}: {refused}"

@@ -68,6 +68,8 @@ class Metric:
 METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("prefill", "pp", "prefill tok/s", "tok/s", True),
     Metric("decode", "tg", "decode tok/s", "tok/s", True),
+    # llama-bench's pg test (imported): prompt and generated tokens over one timing of both
+    Metric("combined", "pg", "pp+tg tok/s", "tok/s", True),
     Metric("ttft", "ttft", "TTFT", "ms", False),
     Metric("tpot", "tpot", "TPOT", "ms", False),
     Metric("itl", "itl", "ITL", "ms", False),
