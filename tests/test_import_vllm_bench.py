@@ -252,6 +252,9 @@ def test_throughput_is_an_aggregate(tmp_path: Path) -> None:
 
 
 # -- detection and bad input ------------------------------------------------------------------------------
+COMPANION = "vllm bench PyTorch-format companion"
+
+
 def test_each_file_is_claimed_by_its_own_format_only() -> None:
     expected = {DETAILED: "vllm bench serve JSON", AGGREGATE: "vllm bench serve JSON",
                 FAILURES: "vllm bench serve JSON", LATENCY: "vllm bench latency JSON",
@@ -260,8 +263,12 @@ def test_each_file_is_claimed_by_its_own_format_only() -> None:
         head = path.read_bytes()[: formats.HEAD_BYTES]
         assert [f.name for f in vllm_bench.FORMATS if f.sniff(path, head)] == [fmt_name]
         assert formats.detect(path)[0].name == fmt_name
-    others = [p for p in FIXTURES.rglob("*") if p.is_file() and VB not in p.parents]
-    others += [p for p in VB.glob("*.pytorch.json")] + [VB / "SOURCE.md"]
+    for path in VB.glob("*.pytorch.json"):  # recognised as a companion, which import skips
+        head = path.read_bytes()[: formats.HEAD_BYTES]
+        assert [f.name for f in vllm_bench.FORMATS if f.sniff(path, head)] == [COMPANION]
+        fmt, docs = formats.read(path)
+        assert fmt.companion_of and docs == []
+    others = [p for p in FIXTURES.rglob("*") if p.is_file() and VB not in p.parents] + [VB / "SOURCE.md"]
     for path in others:
         head = path.read_bytes()[: formats.HEAD_BYTES]
         assert not [f.name for f in vllm_bench.FORMATS if f.sniff(path, head)], path
@@ -317,7 +324,8 @@ def test_foreign_json_is_refused_in_one_line(tmp_path: Path) -> None:
     # the latency reader handed a serve result: the key it lacks, not a traceback
     with pytest.raises(FormatError, match=r"key 'avg_latency'"):
         source = formats.Source("vllm bench latency", "x", str(DETAILED), "0" * 64)
-        vllm_bench.FORMATS[1].read(DETAILED, source)
+        latency = next(f for f in vllm_bench.FORMATS if f.name == "vllm bench latency JSON")
+        latency.read(DETAILED, source)
 
 
 def test_reading_twice_gives_the_same_runs() -> None:

@@ -255,7 +255,9 @@ def test_export_import_round_trip(all_workloads_run: Path, tmp_path: Path) -> No
     before = results.load(store=all_workloads_run).drop(columns="case_id")
     after = results.load(store=other).drop(columns="case_id")
     pd.testing.assert_frame_equal(before, after)
-    assert main(["--store", str(other), "import", str(exported)]) == 2  # refuses a duplicate
+    assert main(["--store", str(other), "import", str(exported)]) == 0  # a duplicate adds nothing
+    assert results.load(store=other).drop(columns="case_id").equals(after)
+    assert len(Store(other, create=False).runs()) == 1
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "md"])

@@ -250,7 +250,8 @@ def test_gate_on_two_serving_runs(gemma_path: Path, key_env: None, store_path: P
     verdicts = {e["metric"]: e["verdict"] for e in report["entries"]}
     assert set(verdicts) == {"ttft", "tpot", "itl", "e2el"}
     assert verdicts["ttft"] == "REGRESSION" and rc == 1
-    assert verdicts["tpot"] in ("PASS", "INCONCLUSIVE", "REGRESSION")  # judged, not an error
+    # judged, not an error: one token per batch leaves decode as it was, so either way within noise
+    assert verdicts["tpot"] in ("PASS", "INCONCLUSIVE", "REGRESSION", "IMPROVED")
 
 
 def test_vllm_server_closed_and_open_loop(store_path: Path, tmp_path: Path) -> None:
