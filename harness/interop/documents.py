@@ -57,6 +57,11 @@ class Source:
         return asdict(self)
 
 
+def ns(seconds: float) -> int:
+    """Seconds, as the files give them, to the integer nanoseconds tokbench stores."""
+    return round(seconds * 1e9)
+
+
 def read_text(path: Path) -> str:
     try:
         return path.read_text()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.interop import documents
-from harness.interop.documents import FormatError, Source
+from harness.interop.documents import FormatError, Source, ns
 from harness.interop.formats import Format
 from harness.interop.serving import load_name, serving_load
 
@@ -69,10 +69,6 @@ def one_line(text: Any, limit: int = 300) -> str | None:
         return None
     line = " ".join(_HTTPX_HINT.sub("", str(text)).split())
     return line[:limit] + ("…" if len(line) > limit else "")
-
-
-def ns(seconds: float) -> int:
-    return round(seconds * 1e9)
 
 
 # -- reading ---------------------------------------------------------------------------------------

@@ -45,16 +45,15 @@ import numpy as np
 
 from harness.common import serving
 from harness.interop import documents
-from harness.interop.documents import FormatError, Source
+from harness.interop.documents import FormatError, Source, ns
 from harness.interop.formats import Format
 from harness.interop.serving import load_name, serving_load
+from results.frames import COMBINED_PHASE, SERVING_PHASE
 
 TOOL_SERVE = "vllm bench serve"
 TOOL_LATENCY = "vllm bench latency"
 TOOL_THROUGHPUT = "vllm bench throughput"
 BACKEND_SERVE = "openai"  # tokbench's backend for an OpenAI-compatible server
-COMBINED_PHASE = "pg"  # prefill and decode timed together (results.frames.COMBINED_PHASE)
-SERVING_PHASE = "out"  # a serving pass: output tokens over its wall time
 
 #: vllm bench serve's setup keys (before the results), in the order it writes them.
 SERVE_SETUP = ("date", "endpoint_type", "backend", "label", "model_id", "tokenizer_id", "num_prompts")
@@ -155,10 +154,6 @@ def _number(path: Path, obj: dict[str, Any], key: str, where: str, *, positive: 
         raise FormatError(path, f"{where}key {key!r}", f"{kind}{' > 0' if positive else ' ≥ 0'}, "
                           f"found {json.dumps(obj.get(key))[:40]}")
     return v
-
-
-def _ns(seconds: float) -> int:
-    return round(seconds * 1e9)
 
 
 def _one_line(text: Any, limit: int = 300) -> str:
@@ -300,7 +295,7 @@ def _serve_requests(path: Path, obj: dict[str, Any], where: str) -> list[dict[st
         ok = not error and ttft > 0
         record: dict[str, Any] = {
             "trial": 0, "request": i, "request_id": None, "started_at": None,
-            "start_ns": _ns(starts[i] - t0) if t0 is not None and _finite(starts[i]) else None,
+            "start_ns": ns(starts[i] - t0) if t0 is not None and _finite(starts[i]) else None,
             "status": "ok" if ok else "error",
             "error": None if ok else (_one_line(error) if error else "failed (vLLM kept no error text)"),
             "ttft_ns": None, "e2el_ns": None, "chunk_ns": [], "prompt_tokens": None,
@@ -311,7 +306,7 @@ def _serve_requests(path: Path, obj: dict[str, Any], where: str) -> list[dict[st
             chunks = [float(ttft)]
             for gap in itls:
                 chunks.append(chunks[-1] + gap)
-            record.update(ttft_ns=_ns(ttft), e2el_ns=_ns(e2el), chunk_ns=[_ns(c) for c in chunks],
+            record.update(ttft_ns=ns(ttft), e2el_ns=ns(e2el), chunk_ns=[ns(c) for c in chunks],
                           prompt_tokens=int(in_len), output_tokens=int(out_len), counted_by="usage")
         else:  # vLLM keeps the prompt length it sent (the dataset's) for a failed request
             record["prompt_expected"] = int(in_len)
@@ -423,7 +418,7 @@ def _serve_case(path: Path, obj: dict[str, Any], where: str, args: dict[str, Any
                   n_prompt=in_span[1], n_gen=out_span[1], params=params, load=load, notes=notes,
                   engine=engine, repetitions=1)
     if detailed:
-        trial = documents.trial(0, SERVING_PHASE, sum(r["output_tokens"] for r in ok), _ns(duration))
+        trial = documents.trial(0, SERVING_PHASE, sum(r["output_tokens"] for r in ok), ns(duration))
         return documents.case(trials=[trial], requests=requests, **common)
     notes.append("aggregates only (saved without --save-detailed): the file keeps each request's "
                  "E2EL but not its TTFT, ITLs or tokens, so no request records are imported")
@@ -517,12 +512,17 @@ def _offline_source(source: Source, samples: bool, args: dict[str, Any] | None) 
     return src
 
 
-def _read_latency(path: Path, source: Source) -> list[dict[str, Any]]:
-    what = "vllm bench latency --output-json"
+def _one_object(path: Path, what: str) -> dict[str, Any]:
+    """The one JSON object an offline benchmark (`what`) writes."""
     objs = _objects(path, f"{what} writes one JSON object")
     if len(objs) > 1:
         raise FormatError(path, "object 2", f"one JSON object: {what} writes one")
-    obj = objs[0]
+    return objs[0]
+
+
+def _read_latency(path: Path, source: Source) -> list[dict[str, Any]]:
+    what = "vllm bench latency --output-json"
+    obj = _one_object(path, what)
     _need(path, obj, ("model_id", "avg_latency", "latencies"), "", what)
     lat = obj["latencies"]
     if not isinstance(lat, list) or not lat or any(not _finite(x) or x <= 0 for x in lat):
@@ -555,7 +555,7 @@ def _read_latency(path: Path, source: Source) -> list[dict[str, Any]]:
     params = _engine_params(args, batch_i)
     if n_seq != 1:
         params["n"] = n_seq
-    trials = [documents.trial(i, COMBINED_PHASE, tokens, _ns(s)) for i, s in enumerate(lat)]
+    trials = [documents.trial(i, COMBINED_PHASE, tokens, ns(s)) for i, s in enumerate(lat)]
     case = documents.case(backend="vllm", model=model, workload=f"pp{n_in_i}+tg{n_out_i}", n_prompt=n_in_i,
                           n_gen=n_out_i, params=params, trials=trials, notes=notes,
                           engine={"engine": "vllm", "engine_version": None, "fields": _scalars(obj),
@@ -565,10 +565,7 @@ def _read_latency(path: Path, source: Source) -> list[dict[str, Any]]:
 
 def _read_throughput(path: Path, source: Source) -> list[dict[str, Any]]:
     what = "vllm bench throughput --output-json"
-    objs = _objects(path, f"{what} writes one JSON object")
-    if len(objs) > 1:
-        raise FormatError(path, "object 2", f"one JSON object: {what} writes one")
-    obj = objs[0]
+    obj = _one_object(path, what)
     keys = ("model_id", "elapsed_time", "num_requests", "total_num_tokens", "requests_per_second",
             "tokens_per_second")
     _need(path, obj, keys, "", what)
