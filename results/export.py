@@ -98,14 +98,6 @@ def read_document(path: str | Path) -> dict[str, Any]:
     return doc
 
 
-def import_document(store: Store, path: str | Path) -> str:
-    """Insert a run exported as JSON; return its run id. Refuses newer schemas and duplicates."""
-    doc = read_document(path)
-    if not store_document(store, doc):
-        raise TokbenchError(f"run {doc['run']['run_id']} is already in {store.path}")
-    return str(doc["run"]["run_id"])
-
-
 def store_document(store: Store, doc: dict[str, Any]) -> bool:
     """Insert a run document (exported, or built by an importer) in one transaction, so an
     interrupted import leaves no half run. False, and nothing written, when its run id is stored."""

@@ -120,7 +120,7 @@ def test_which_chunks_carry_a_token() -> None:
 def test_request_records_survive_export_and_import_and_feed_the_gate(tmp_path: Path) -> None:
     from harness.gate.matching import case_metrics, metric_values
     from harness.gate.statistics import METRICS
-    from results.export import import_document, run_document, write_json
+    from results.export import read_document, run_document, store_document, write_json
     from results.frames import serving_frame
     from results.store import Store
 
@@ -136,7 +136,7 @@ def test_request_records_survive_export_and_import_and_feed_the_gate(tmp_path: P
     path = tmp_path / "run.json"
     path.write_text(write_json(store, "r1"))
     other = Store(tmp_path / "b.db")
-    import_document(other, path)
+    store_document(other, read_document(path))
     doc = run_document(other, "r1")
     (case,) = doc["cases"]
     assert [r["status"] for r in case["requests"]] == ["ok", "ok", "error"]
