@@ -174,10 +174,11 @@ def test_llama_cpp_parallel_sequences(tmp_path: Path) -> None:
     model and one thread (a tiny model's steps are too short to time across two threads on a
     shared machine). How much four sequences gain depends on the CPU: where one thread is
     memory-bound they cost little more than one (2× and more on a Xeon); on an AMD EPYC 2-core VM
-    one thread is compute-bound and four gain 1.36×. Batching must gain on any of them: > 1.2×."""
+    one thread is compute-bound and four gain 1.36× (and less in a noisy CI run, where 1.2× failed
+    once). Batching must gain on any of them: > 1.1× (unbatched sequences would give 1× or less)."""
     store = tmp_path / "r.db"
     assert main(["--store", str(store), "run", "-m", GEMMA, "-w", "pp32+tg8,tg8@d32",
-                 "-b", "1,4", "-r", "3", "-t", "1", "--no-bandwidth"]) == 0
+                 "-b", "1,4", "-r", "5", "-t", "1", "--no-bandwidth"]) == 0
     cases = results.load(store=store)
     trials = results.load(level="trials", store=store)
     assert (cases["status"] == "ok").all() and (cases["tps_median"] > 0).all()
@@ -187,7 +188,7 @@ def test_llama_cpp_parallel_sequences(tmp_path: Path) -> None:
             assert (rows[rows["phase"] == phase]["n_tokens"] == n * case["param_batch"]).all()
     decode = cases[(cases["phase"] == "tg") & (cases["workload"] == "pp32+tg8")]
     by_batch = dict(zip(decode["param_batch"], decode["tps_median"], strict=True))
-    assert by_batch[4] > 1.2 * by_batch[1], by_batch
+    assert by_batch[4] > 1.1 * by_batch[1], by_batch
 
 
 def _loaded(store: Path) -> pd.DataFrame:
