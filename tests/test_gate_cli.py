@@ -341,6 +341,7 @@ def test_old_stores_gain_the_arm_column(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE cases DROP COLUMN arm")
     db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.execute("DROP TABLE alembic_version")  # a store from before Alembic
     db.commit()
     db.close()
     write_run(path, "r", 1.0, [case(arm="A")])

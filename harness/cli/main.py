@@ -20,9 +20,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from backends.base import BackendError
+from harness.cli import fleet as fleet_cli
 from harness.cli import gate as cli_gate
 from harness.cli import models as models_cli
 from harness.cli import report as cli_report
+from harness.cli import sync as cli_sync
 from harness.cli.shared import (
     ProgressHooks,
     add_grid_options,
@@ -42,11 +44,16 @@ from harness.execution.suite import (
     DEFAULT_TIMEOUT_S,
 )
 from harness.hardware import profile as hardware
+from results.store import masked
 
 EXIT_OK, EXIT_FAILED_CASES, EXIT_ERROR = 0, 1, 2
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    if getattr(args, "cluster", None) or getattr(args, "nodes", None):  # `capacity` has neither
+        from harness.cli.cluster import run_on_cluster
+
+        return run_on_cluster(args, console)
     if args.repetitions is not None and args.repetitions < 1:
         raise TokbenchError(f"-r/--repetitions must be ≥ 1 (got {args.repetitions})")
     if args.timeout is not None and args.timeout <= 0:
@@ -71,12 +78,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.output:
         write_output(args.output, write_json(store, outcome.run_id))
         console.print(f"wrote {escape(args.output)}")
+    pushed = not args.push or cli_sync.push_after_run(store, outcome.run_id, args.push, console)
     if outcome.failed:
         console.print(f"[red]{len(outcome.failed)} of {len(suite.cases)} cases failed:[/red]")
         for index, label, error in outcome.failed:
             console.print(f"  case {index + 1} ({escape(label)}): {escape(str(error))}")
         return EXIT_FAILED_CASES
-    return EXIT_OK
+    return EXIT_OK if pushed else EXIT_FAILED_CASES
 
 
 # -- profile ------------------------------------------------------------------------------------
@@ -329,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a benchmark grid or a suite file")
     add_grid_options(run, f"trials per case (default {DEFAULT_REPETITIONS})",
                      f"seconds per case, its model load included (default {DEFAULT_TIMEOUT_S:g})")
+    from harness.cli.cluster import add_cluster_args  # --cluster, --nodes: Ray, imported only if used
+
+    add_cluster_args(run)
+    run.add_argument("--push", metavar="URL",
+                     help="after the run, copy it to this fleet store (postgresql://…); if that fails, "
+                          "it stays in --store for a later `tokbench push` (exit 1)")
     run.set_defaults(func=cmd_run)
 
     cap = sub.add_parser("capacity", help="the highest load that meets an SLO, e.g. -w in512:out128 "
@@ -380,16 +394,24 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.add_parser(sub)
     cli_gate.add_commands(sub)  # ab, gate: the regression gate
     cli_report.add_commands(sub)  # report, compare
+    cli_sync.add_commands(sub)  # push, pull
+    fleet_cli.add_parser(sub)  # the fleet report
     return parser
+
+
+def public_arg(arg: str) -> str:
+    """A command-line argument fit to store and print: a store URL's password masked."""
+    name, eq, value = arg.partition("=")
+    return f"{name}={masked(value)}" if eq and name.startswith("--") else masked(arg)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = argv
+    args.argv = [public_arg(a) for a in argv]  # never a store's password in a stored command
     # commands that can write their document to stdout talk on stderr
-    to_stderr = (args.command in ("export", "report") or bool(getattr(args, "json", False))
+    to_stderr = (args.command in ("export", "report", "fleet") or bool(getattr(args, "json", False))
                  or (args.command == "compare" and args.format != "text"))
     tty = (sys.stderr if to_stderr else sys.stdout).isatty()
     console = Console(stderr=to_stderr, width=None if tty else 200)

@@ -24,12 +24,17 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     store = Store(args.store, create=False)
     report = build_report(store, args.runs, args.against)
     output = Path(args.output) if args.output else None
-    text = write(report, args.format, output)
+    return emit(write(report, args.format, output), output, report.warnings, console)
+
+
+def emit(text: str | None, output: Path | None, warnings: list[str], console: Console) -> int:
+    """A written report: its text on stdout (when not written to a file), then its warnings on
+    the console (stderr for these commands, so stdout holds only the document)."""
     if text is not None:
         sys.stdout.write(text)
     else:
-        console.print(f"wrote {output}", highlight=False)
-    for line in report.warnings:
+        console.print(f"wrote {escape(str(output))}", highlight=False)
+    for line in warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     return 0
 

@@ -233,8 +233,11 @@ def resolve_models(cases: list[Case]) -> list[models.ResolvedModel]:
 
 
 def start_run(store: Store, command: str, profile: dict[str, Any]) -> str:
-    """Record a new run (with the runner's pid, so a killed run shows as incomplete)."""
-    run_id = new_run_id()
+    """Record a new run (with the runner's pid, so a killed run shows as incomplete). A dispatcher
+    (harness.execution.cluster) names the run and the command that started it, with where it
+    ran, in $TOKBENCH_RUN_ID and $TOKBENCH_RUN_COMMAND."""
+    run_id = os.environ.get("TOKBENCH_RUN_ID") or new_run_id()
+    command = os.environ.get("TOKBENCH_RUN_COMMAND") or command
     store.add_run(
         run_id=run_id, started_at=time.time(), status="running", command=command,
         runner_pid=os.getpid(), host=socket.gethostname(),
