@@ -1,10 +1,12 @@
-"""Results: the schema, the SQLite store, DataFrames and import/export.
+"""Results: the schema, the store (a SQLite file or a PostgreSQL fleet database), DataFrames and
+import/export.
 
 >>> import results
 >>> cases = results.load()                  # last run, one row per case × phase
 >>> trials = results.load(level="trials")   # raw per-trial samples
 >>> serving = results.load(level="serving")  # serving cases: TTFT/TPOT/ITL/E2EL percentiles, goodput
 >>> reqs = results.load(level="requests")    # one row per request of a serving case
+>>> fleet = results.load("last", store="postgresql://lab@db.example/tokbench")
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -28,6 +28,7 @@ from results.schema import HEAD_REVISION, SCHEMA_VERSION, TABLES, names
 _JSON_COLUMNS = {"profile", "fingerprint", "params", "param_defaults", "engine", "memory", "token_ns",
                  "load", "client", "notes", "chunk_ns", "sweep", "server_timings", "contended",
                  "source", "aggregate"}
+T = TypeVar("T")
 _PG_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
@@ -51,6 +52,10 @@ def masked(location: str | Path) -> str:
         return "postgresql://***"
     query = {k: ("***" if k == "password" else v) for k, v in url.query.items()}
     return url.set(query=query).render_as_string(hide_password=True)
+
+
+class _Lost(TokbenchError):
+    """The connection to a PostgreSQL store was cut (a killed backend, a restart, the network)."""
 
 
 class _CannotWrite(TokbenchError):
@@ -222,7 +227,8 @@ class Store:
                     f"result store {self.path}: {message} (another process held it over "
                     f"{lock_timeout_s():g} s); retry, or raise TOKBENCH_LOCK_TIMEOUT") from None
             if self.is_pg:
-                raise TokbenchError(f"fleet store {self.path} failed: {message}") from None
+                kind = _Lost if exc.connection_invalidated else TokbenchError
+                raise kind(f"fleet store {self.path} failed: {message}") from None
             if isinstance(exc, sa.exc.OperationalError):
                 raise _CannotWrite(f"result store {self.path} cannot be written ({message}): free space, "
                                    "fix its permissions or pass another --store") from None
@@ -280,17 +286,30 @@ class Store:
             self.conn.execute(sa.update(t).where(t.c[key] == sa.bindparam("_key")),
                               {**self._encode(values), "_key": key_value})
 
+    def _reconnecting(self, write: Callable[[], T]) -> T:
+        """Run a write; if the connection to a PostgreSQL store was cut, once more on a new one
+        (a runner measuring into the fleet store outlives a killed backend or a server restart).
+        Not inside a larger transaction: the database dropped its earlier writes."""
+        try:
+            return write()
+        except _Lost:
+            if self._depth:
+                raise
+            with suppress(sa.exc.SQLAlchemyError):
+                self.conn.rollback()
+            return write()
+
     def add_run(self, **values: Any) -> None:
-        self._insert("runs", values)
+        self._reconnecting(lambda: self._insert("runs", values))
 
     def update_run(self, run_id: str, **values: Any) -> None:
-        self._update("runs", "run_id", run_id, values)
+        self._reconnecting(lambda: self._update("runs", "run_id", run_id, values))
 
     def add_case(self, **values: Any) -> int:
-        return int(self._insert("cases", values))
+        return int(self._reconnecting(lambda: self._insert("cases", values)))
 
     def update_case(self, case_id: int, **values: Any) -> None:
-        self._update("cases", "case_id", case_id, values)
+        self._reconnecting(lambda: self._update("cases", "case_id", case_id, values))
 
     def add_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Insert many rows of a table at once (a copied run's trials or requests)."""
@@ -314,16 +333,21 @@ class Store:
                   requests: Iterable[dict[str, Any]] = ()) -> None:
         """Store one trial's phase samples, and a serving trial's request records, atomically."""
         allowed = names(schema.REQUEST_FIELDS)
-        with self.transaction():
-            for r in requests:
-                self._insert("requests", {"case_id": case_id, "trial": trial,
-                                          **{k: v for k, v in r.items() if k in allowed}})
-            for s in samples:
-                self._insert("trials", {
-                    "case_id": case_id, "trial": trial, "phase": s["phase"],
-                    "n_tokens": s["n_tokens"], "duration_ns": s["duration_ns"],
-                    "token_ns": s.get("token_ns") or None, "started_at": started_at,
-                })
+        samples, requests = list(samples), list(requests)
+
+        def write() -> None:
+            with self.transaction():
+                for r in requests:  # one by one: records differ in the fields they carry
+                    self._insert("requests", {"case_id": case_id, "trial": trial,
+                                              **{k: v for k, v in r.items() if k in allowed}})
+                for s in samples:
+                    self._insert("trials", {
+                        "case_id": case_id, "trial": trial, "phase": s["phase"],
+                        "n_tokens": s["n_tokens"], "duration_ns": s["duration_ns"],
+                        "token_ns": s.get("token_ns") or None, "started_at": started_at,
+                    })
+
+        self._reconnecting(write)
 
     # -- reading ---------------------------------------------------------------------------------
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:

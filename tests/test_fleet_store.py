@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 import results
 from harness.cli.main import main
+from harness.common.errors import TokbenchError
 from results import migrations
 from results.schema import HEAD_REVISION, SCHEMA_VERSION, TABLES
 from results.store import Store
@@ -313,3 +314,46 @@ def test_tls_through_sslmode(pg_url: str) -> None:
     store = Store(pg_url + "?sslmode=require")
     assert store.conn.execute(sa.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")).scalar()
     assert main(["--store", pg_url + "?sslmode=verify-full&sslrootcert=/nonexistent.crt", "runs"]) == 2
+
+
+@pytest.mark.engine
+def test_a_run_into_postgres_outlives_its_connection_being_killed(pg_url: str, pg_server: PgServer) -> None:
+    """The runner's connection to the fleet store is terminated mid-run (as a server restart or a
+    network cut would): the next write reconnects, and not a trial is lost."""
+    Store(pg_url).close()
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli.main", "--store", pg_url, "run", "-m", GEMMA,
+                             "-w", "tg16", "-r", "12", "-t", "1", "--no-bandwidth"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = pg_url.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and _count(pg_url, "trials") < 2:
+        time.sleep(0.1)
+    killed = pg_server.sql("SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           f"WHERE application_name = 'tokbench' AND datname = '{db}'")
+    at_kill = _count(pg_url, "trials")
+    _, err = proc.communicate(timeout=300)
+    assert killed == "1" and 2 <= at_kill < 12  # the runner's one connection, mid-run
+    assert proc.returncode == 0, err
+    store = Store(pg_url, create=False)
+    (run,) = store.runs()
+    assert run["status"] == "complete"
+    assert sorted(t["trial"] for t in store.trials(run["run_id"])) == list(range(12))
+
+
+def test_the_password_can_come_from_a_pgpass_file(pg_url: str, pg_server: PgServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """libpq's ~/.pgpass (here through $PGPASSFILE): a URL without a password connects, and the
+    store's location shows no secret."""
+    Store(pg_url).close()
+    db = pg_url.rsplit("/", 1)[1]
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{pg_server.port}:{db}:tokbench_admin:{SUPERPASS}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    bare = f"postgresql://tokbench_admin@127.0.0.1:{pg_server.port}/{db}"
+    store = Store(bare)
+    assert store.path == bare and store.runs() == []
+    pgpass.write_text("")
+    with pytest.raises(TokbenchError, match="password"):
+        Store(bare)

@@ -330,8 +330,8 @@ def import_notes(doc: dict[str, Any]) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokbench", description="Benchmark LLM inference engines on this machine.")
-    parser.add_argument("--store", help="result database (default $TOKBENCH_STORE or "
-                                        "~/.local/share/tokbench/results.db)")
+    parser.add_argument("--store", help="result store: a SQLite file or a postgresql:// URL (default "
+                                        "$TOKBENCH_STORE or ~/.local/share/tokbench/results.db)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a benchmark grid or a suite file")
