@@ -205,7 +205,8 @@ def test_node_killed_mid_suite(ray_cluster: LocalCluster, tmp_path: Path) -> Non
     victim = ray_cluster.add("victim")
     victim_id = str(victim.node_id)
     db = tmp_path / "fleet.db"
-    suite = _suite(tmp_path / "three.toml", GEMMA, ["pp16", "tg64", "tg64"])
+    # cases long enough (tens of seconds) that the cancel reaches the node before they end
+    suite = _suite(tmp_path / "three.toml", GEMMA, ["pp16", "tg512", "tg512"])
     proc = _tokbench(db, str(suite), "--cluster", ray_cluster.gcs, "--nodes", "node_a,victim")
     try:
         at_kill = _when_a_case_is_done(proc, db, victim_id)
@@ -237,7 +238,8 @@ def test_ctrl_c_at_the_head_interrupts_the_nodes(ray_cluster: LocalCluster, tmp_
     """SIGINT to the head mid-suite: the node's runner is stopped (SIGTERM), its finished cases
     kept, the case in progress and the run marked interrupted; the head exits 130."""
     db = tmp_path / "fleet.db"
-    suite = _suite(tmp_path / "three.toml", GEMMA, ["pp16", "tg64", "tg64"])
+    # cases long enough (tens of seconds) that the cancel reaches the node before they end
+    suite = _suite(tmp_path / "three.toml", GEMMA, ["pp16", "tg512", "tg512"])
     proc = _tokbench(db, str(suite), "--cluster", ray_cluster.gcs, "--nodes", "node_b")
     try:
         at_signal = _when_a_case_is_done(proc, db, ray_cluster.node_id("node_b"))

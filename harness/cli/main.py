@@ -78,7 +78,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.output:
         write_output(args.output, write_json(store, outcome.run_id))
         console.print(f"wrote {escape(args.output)}")
-    pushed = not args.push or cli_sync.push_after_run(store, outcome.run_id, args.push, console)
+    push = getattr(args, "push", None)  # `capacity` runs through here too, without --push
+    pushed = not push or cli_sync.push_after_run(store, outcome.run_id, push, console)
     if outcome.failed:
         console.print(f"[red]{len(outcome.failed)} of {len(suite.cases)} cases failed:[/red]")
         for index, label, error in outcome.failed:
