@@ -205,6 +205,12 @@ def node_task(job: dict[str, Any]) -> dict[str, Any]:
     Returns the runner's exit code and the tail of its output."""
     from filelock import FileLock, Timeout
 
+    # Ray cancels a running task with a KeyboardInterrupt raised by SIGINT; a node started from a
+    # background shell or under nohup ignores SIGINT (and Python then installs no handler), so the
+    # cancel would never arrive and the node would measure on for nobody
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        with suppress(ValueError):  # not the worker's main thread: Ray's own handler is in place
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     lock = FileLock(str(lock_path(job["node_id"])))
     asked = time.monotonic()
     while True:  # in steps, so a cancellation reaches this thread
